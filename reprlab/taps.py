@@ -37,6 +37,11 @@ class TapRecorder:
                 f"unknown tap(s) {', '.join(unknown)} for {model.arch}; "
                 f"available: {', '.join(model.tap_points)}"
             )
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ReprlabError(
+                f"tap(s) {', '.join(repeated)} listed more than once; list each once"
+            )
         self.model = model
         self.names = names
         self.detach = detach
@@ -44,6 +49,7 @@ class TapRecorder:
         self._captured: dict[str, list[torch.Tensor]] = {name: [] for name in names}
 
     def __enter__(self) -> TapRecorder:
+        self._clear()
         for name in self.names:
             module = self.model.get_submodule(self.model.tap_points[name])
             self._handles.append(module.register_forward_hook(self._hook_for(name)))
@@ -61,6 +67,10 @@ class TapRecorder:
 
         return hook
 
+    def _clear(self) -> None:
+        for values in self._captured.values():
+            values.clear()
+
     def collect(self) -> dict[str, torch.Tensor]:
         """Return the activations of the last forward pass, tap name -> tensor, forward order.
 
@@ -69,14 +79,16 @@ class TapRecorder:
         counts = {name: len(values) for name, values in self._captured.items()}
         wrong = {name: count for name, count in counts.items() if count != 1}
         if wrong:
-            for values in self._captured.values():
-                values.clear()
-            raise TapError(f"taps must fire exactly once per forward pass, got {wrong}")
-        activations = {name: values.pop() for name, values in self._captured.items()}
-        return activations
+            self._clear()
+            raise TapError(
+                f"taps of {self.model.arch} must fire exactly once per forward pass; "
+                f"times fired: {wrong}"
+            )
+        return {name: values.pop() for name, values in self._captured.items()}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run the model on ``x``; return (logits, activations at the recorded taps)."""
+        self._clear()  # drop leftovers of a forward pass that raised before collect()
         logits = self.model(x)
         return logits, self.collect()
 

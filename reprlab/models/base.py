@@ -30,6 +30,17 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class GlobalAvgPool(nn.Sequential):
+    """Global average pooling then flatten: [n, c, h, w] -> [n, c], for any h, w.
+
+    A real module (not a functional call) so that the pooled penultimate features can be a tap.
+    It holds no parameters or buffers, so adding it leaves a network's state_dict keys unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+
+
 @dataclass(frozen=True)
 class Body:
     """What an architecture constructor returns.
@@ -64,9 +75,7 @@ class Classifier(nn.Module):
         Name of the penultimate representation tap.
     """
 
-    def __init__(
-        self, arch: str, body: Body, mean: Sequence[float], std: Sequence[float]
-    ) -> None:
+    def __init__(self, arch: str, body: Body, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if not body.taps or list(body.taps)[-1] != "logits":
             raise ValueError(f"{arch}: the last tap must be 'logits', got {list(body.taps)}")
@@ -77,9 +86,8 @@ class Classifier(nn.Module):
         self.net = body.net
         self.tap_points = {name: f"net.{path}" for name, path in body.taps.items()}
         self.representation_tap = body.representation
-        for name, path in self.tap_points.items():
+        for path in self.tap_points.values():
             self.get_submodule(path)  # fail at construction if a tap names no module
-            del name
 
     @property
     def tap_names(self) -> list[str]:
@@ -102,7 +110,9 @@ class ArchInfo:
 _REGISTRY: dict[str, ArchInfo] = {}
 
 
-def register_arch(name: str, description: str) -> Callable[[Callable[..., Body]], Callable[..., Body]]:
+def register_arch(
+    name: str, description: str
+) -> Callable[[Callable[..., Body]], Callable[..., Body]]:
     """Register ``fn(num_classes, in_channels, image_size) -> Body`` under ``name``."""
 
     def decorator(fn: Callable[..., Body]) -> Callable[..., Body]:
@@ -128,11 +138,23 @@ def build_model(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> Classifier:
-    """Build a freshly initialised :class:`Classifier` of registered architecture ``arch``."""
+    """Build a freshly initialised :class:`Classifier` of registered architecture ``arch``.
+
+    ``mean`` and ``std`` are the per-channel normaliser of the dataset (one value per input
+    channel, pixel units); the returned model maps [n, in_channels, image_size, image_size]
+    pixels in [0, 1] to logits [n, num_classes].
+    """
     if arch not in _REGISTRY:
         raise ReprlabError(
             f"unknown architecture '{arch}'; choose one of: {', '.join(available_archs())}"
         )
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ReprlabError(
+            f"the normaliser has {len(mean)} mean and {len(std)} std values but the input has "
+            f"{in_channels} channels; give one mean and one std per channel"
+        )
+    if any(s <= 0 for s in std):
+        raise ReprlabError(f"normaliser std must be positive, got {list(std)}")
     body = _REGISTRY[arch].build(
         num_classes=num_classes, in_channels=in_channels, image_size=image_size
     )

@@ -1,0 +1,339 @@
+"""The architecture registry: every registered model, its normaliser, its taps and its keys."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from reprlab.errors import ReprlabError
+from reprlab.models import Classifier, available_archs, build_model
+from reprlab.taps import capture, representation
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2471, 0.2435, 0.2616)
+NUM_CLASSES = 10
+
+# Forward + backward of these takes seconds on 2 CPU cores; their code paths are shared with a
+# cheaper sibling (wrn28_10), so the gradient and memory-format checks run them only with -m slow.
+HEAVY = {"wrn34_10"}
+
+
+def _arch_params(archs: list[str]) -> list:
+    return [pytest.param(arch, marks=pytest.mark.slow) if arch in HEAVY else arch for arch in archs]
+
+
+@functools.cache
+def _model(arch: str, in_channels: int = 3, image_size: int = 32) -> Classifier:
+    """A seeded eval-mode model with calibrated BatchNorm, shared between tests.
+
+    Freshly initialised deep nets in eval mode (BN statistics 0 and 1) can map every input to the
+    same logits, which would let equality checks pass trivially; one train-mode pass that sets
+    the BN statistics to those of real batches keeps the outputs input-dependent.
+    """
+    torch.manual_seed(0)
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if in_channels == 3 else ((0.1307,), (0.3081,))
+    model = build_model(
+        arch,
+        num_classes=NUM_CLASSES,
+        in_channels=in_channels,
+        image_size=image_size,
+        mean=mean[:in_channels],
+        std=std[:in_channels],
+    )
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # cumulative average: statistics of exactly this pass
+    with torch.no_grad():
+        model.train()(_images(in_channels, image_size, n=4, seed=0))
+    return model.eval()
+
+
+def _images(in_channels: int = 3, image_size: int = 32, n: int = 2, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, in_channels, image_size, image_size, generator=generator)
+
+
+def _final_linear(model: Classifier) -> nn.Linear:
+    layer = model.get_submodule(model.tap_points["logits"])
+    assert isinstance(layer, nn.Linear)
+    return layer
+
+
+# --- registry --------------------------------------------------------------------------------
+
+
+def test_registry_holds_every_architecture_family():
+    assert set(available_archs()) == {
+        "cnn_madry",
+        "cnn_small",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "preact_resnet18",
+        "vgg11_bn",
+        "vgg16_bn",
+        "vgg19_bn",
+        "wrn28_10",
+        "wrn34_10",
+        "tv_resnet18",
+        "tv_resnet50",
+    }
+
+
+def test_unknown_architecture_names_the_valid_ones():
+    with pytest.raises(ReprlabError, match="unknown architecture 'resnet19'") as info:
+        build_model(
+            "resnet19", num_classes=10, in_channels=3, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD
+        )
+    assert all(name in str(info.value) for name in available_archs())
+
+
+def test_normaliser_with_wrong_channel_count_is_a_user_error():
+    with pytest.raises(ReprlabError, match="one mean and one std per channel"):
+        build_model(
+            "cnn_small",
+            num_classes=10,
+            in_channels=1,
+            image_size=28,
+            mean=CIFAR_MEAN,
+            std=CIFAR_STD,
+        )
+
+
+# --- every architecture ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", available_archs())
+def test_taps_fire_once_in_declared_order_and_end_in_the_logits(arch):
+    model = _model(arch)
+    fired: list[str] = []
+    handles = [
+        model.get_submodule(path).register_forward_hook(lambda *_, name=name: fired.append(name))
+        for name, path in model.tap_points.items()
+    ]
+    try:
+        with torch.no_grad():
+            model(_images())
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert fired == model.tap_names
+    assert model.tap_names[-1] == "logits"
+
+
+@pytest.mark.parametrize("arch", available_archs())
+def test_representation_tap_is_the_final_linear_input(arch):
+    model = _model(arch)
+    with torch.no_grad():
+        logits, activations = capture(model, _images())
+        features = activations[model.representation_tap]
+        assert logits.shape == (2, NUM_CLASSES)
+        assert features.dim() == 2
+        torch.testing.assert_close(activations["logits"], logits)
+        torch.testing.assert_close(_final_linear(model)(features), logits, rtol=1e-5, atol=1e-5)
+    # Different images must give different logits, or the checks above would hold trivially.
+    assert (logits[0] - logits[1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", available_archs())
+def test_normaliser_is_the_first_layer(arch):
+    model = _model(arch)
+    x = _images()
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.net((x - mean) / std))
+
+
+@pytest.mark.parametrize("arch", available_archs())
+def test_single_channel_16px_input(arch):
+    """The synthetic dataset's 1x16x16 images run through every architecture."""
+    model = _model(arch, in_channels=1, image_size=16)
+    with torch.no_grad():
+        logits, activations = capture(model, _images(in_channels=1, image_size=16))
+    assert logits.shape == (2, NUM_CLASSES)
+    assert torch.isfinite(logits).all()
+    assert activations[model.representation_tap].shape[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("arch", "image_size"),
+    [
+        ("cnn_madry", 28),
+        ("cnn_small", 64),
+        ("resnet18", 28),
+        ("preact_resnet18", 64),
+        ("vgg11_bn", 28),
+        ("tv_resnet18", 224),
+    ],
+)
+def test_other_image_sizes(arch, image_size):
+    model = _model(arch, in_channels=1, image_size=image_size)
+    with torch.no_grad():
+        logits = model(_images(in_channels=1, image_size=image_size, n=1))
+    assert logits.shape == (1, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("arch", _arch_params(available_archs()))
+def test_representation_is_differentiable_and_equals_the_captured_tap(arch):
+    model = _model(arch)
+    x = _images().requires_grad_(True)
+    features = representation(model, x)
+    direction = torch.randn(features.shape, generator=torch.Generator().manual_seed(2))
+    (features * direction).sum().backward()
+    assert x.grad is not None
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        _, activations = capture(model, x.detach())
+    torch.testing.assert_close(features.detach(), activations[model.representation_tap])
+
+
+@pytest.mark.parametrize("arch", _arch_params(available_archs()))
+def test_channels_last_gives_the_same_logits(arch):
+    model = _model(arch)
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = _images()
+    with torch.no_grad():
+        expected = model(x)
+        got = model_cl(x.contiguous(memory_format=torch.channels_last))
+    # Memory format only reorders float32 sums: 50-layer nets drift by ~2e-5 of the logit scale,
+    # while a layout bug (a view or flatten in the wrong order) would be of the order of 1.
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * scale)
+
+
+# --- per-family structure --------------------------------------------------------------------
+
+
+def test_resnet18_taps_are_stem_and_eight_blocks():
+    """Stitching on ResNet-18 uses 9 points: after the stem and after each residual block."""
+    blocks = [f"layer{stage}.{i}" for stage in range(1, 5) for i in range(2)]
+    assert _model("resnet18").tap_names == ["stem", *blocks, "pool", "logits"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "blocks"),
+    [
+        ("resnet34", 16),
+        ("resnet50", 16),
+        ("preact_resnet18", 8),
+        ("wrn28_10", 12),
+        ("wrn34_10", 15),
+        ("tv_resnet18", 8),
+        ("tv_resnet50", 16),
+    ],
+)
+def test_residual_nets_tap_every_block(arch, blocks):
+    names = _model(arch).tap_names
+    assert names[0] == "stem"
+    assert names[-2:] == ["pool", "logits"]
+    assert sum(name.startswith(("layer", "block")) for name in names) == blocks
+
+
+@pytest.mark.parametrize(("arch", "convs"), [("vgg11_bn", 8), ("vgg16_bn", 13), ("vgg19_bn", 16)])
+def test_vgg_taps_every_conv_unit_at_its_own_relu(arch, convs):
+    model = _model(arch)
+    assert model.tap_names == [*(f"conv{k}" for k in range(1, convs + 1)), "pool", "logits"]
+    relus = [model.get_submodule(model.tap_points[f"conv{k}"]) for k in range(1, convs + 1)]
+    assert all(isinstance(relu, nn.ReLU) for relu in relus)
+    assert len({id(relu) for relu in relus}) == convs
+
+
+@pytest.mark.parametrize(
+    ("arch", "in_channels", "image_size", "num_classes", "expected"),
+    [
+        ("cnn_madry", 1, 28, 10, 3_274_634),  # Madry et al. 2018 MNIST model
+        ("resnet18", 3, 32, 10, 11_173_962),  # kuangliu / robustness CIFAR ResNet-18
+        ("resnet50", 3, 32, 10, 23_520_842),
+        ("vgg16_bn", 3, 32, 10, 14_728_266),  # kuangliu VGG-16
+        ("wrn28_10", 3, 32, 10, 36_479_194),  # Zagoruyko & Komodakis: 36.5M
+        ("wrn34_10", 3, 32, 10, 46_160_474),  # TRADES / Rice WRN-34-10 without sub_block1
+        (
+            "tv_resnet18",
+            3,
+            224,
+            1000,
+            torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["num_params"],
+        ),
+        (
+            "tv_resnet50",
+            3,
+            224,
+            1000,
+            torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["num_params"],
+        ),
+    ],
+)
+def test_parameter_counts_match_the_reference_implementations(
+    arch, in_channels, image_size, num_classes, expected
+):
+    body_params = build_model(
+        arch,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        mean=CIFAR_MEAN[:in_channels],
+        std=CIFAR_STD[:in_channels],
+    ).net.parameters()
+    assert sum(p.numel() for p in body_params) == expected
+
+
+def test_resnet18_state_dict_uses_robustness_library_keys():
+    keys = set(_model("resnet18").net.state_dict())
+    expected_present = {
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer1.1.bn2.num_batches_tracked",
+        "layer2.0.shortcut.0.weight",
+        "layer2.0.shortcut.1.running_mean",
+        "layer4.1.conv2.weight",
+        "linear.weight",
+        "linear.bias",
+    }
+    assert expected_present <= keys
+    assert not any(key.startswith(("layer1.0.shortcut", "layer2.1.shortcut")) for key in keys)
+    assert not any(key.startswith(("relu", "pool", "fc.")) for key in keys)
+    # conv1 + bn1 (1 + 5), 8 blocks x 12, 3 projection shortcuts x 6, linear 2.
+    assert len(keys) == 122
+    assert not any(key.endswith("bias") and ".conv" in key for key in keys)
+
+
+def test_classifier_state_dict_adds_only_the_normaliser():
+    model = _model("resnet18")
+    extra = set(model.state_dict()) - {f"net.{key}" for key in model.net.state_dict()}
+    assert extra == {"normalize.mean", "normalize.std"}
+
+
+@pytest.mark.parametrize("arch", ["tv_resnet18", "tv_resnet50"])
+def test_torchvision_resnets_keep_torchvision_keys(arch):
+    reference = getattr(torchvision.models, arch.removeprefix("tv_"))(weights=None, num_classes=10)
+    ours = _model(arch).net.state_dict()
+    assert list(ours) == list(reference.state_dict())
+    assert all(ours[key].shape == value.shape for key, value in reference.state_dict().items())
+
+
+def test_torchvision_resnet18_weights_give_torchvision_outputs():
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    model = copy.deepcopy(_model("tv_resnet18"))
+    model.net.load_state_dict(reference.state_dict(), strict=True)
+    x = _images()
+    with torch.no_grad():
+        expected = reference(model.normalize(x))
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_single_channel_torchvision_resnet_only_changes_conv1():
+    ours = _model("tv_resnet18", in_channels=1, image_size=16).net.state_dict()
+    reference = torchvision.models.resnet18(weights=None, num_classes=10).state_dict()
+    assert list(ours) == list(reference)
+    assert ours["conv1.weight"].shape == (64, 1, 7, 7)
+    assert {key for key in reference if ours[key].shape != reference[key].shape} == {"conv1.weight"}
