@@ -1,0 +1,8 @@
+"""``python -m reprlab`` is the ``reprlab`` command."""
+
+import sys
+
+from reprlab.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

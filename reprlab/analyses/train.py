@@ -1,0 +1,35 @@
+"""``analysis=train``: obtain a model recipe from the store (training it if missing).
+
+Writes the per-epoch metrics (held-out clean and PGD accuracy) as CSV and training curves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from reprlab import plots
+from reprlab.context import RunContext, describe_adversary
+
+
+def validate(cfg: DictConfig) -> None:
+    """Nothing beyond the model recipe, which every run validates."""
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    loaded = ctx.model("model")
+    history = loaded.entry.history()
+    summary: dict[str, Any] = {
+        "key": loaded.entry.key,
+        "adversary": describe_adversary(loaded.recipe),
+        "epochs": len(history),
+        "train_seconds": loaded.entry.meta.get("train_seconds"),
+    }
+    if history:
+        ctx.run.write_csv("metrics", pd.DataFrame(history))
+        title = f"{loaded.label} on {ctx.dataset.name} ({summary['adversary']})"
+        ctx.run.save_figure("training_curves", plots.training_curves(history, title=title))
+        summary.update({k: v for k, v in history[-1].items() if k.startswith("eval_")})
+    return summary

@@ -1,0 +1,375 @@
+"""The ``reprlab`` command: ``run`` (Hydra), ``cache``, ``report``, ``download``.
+
+``reprlab run <args>`` hands ``<args>`` to Hydra unchanged (``-m`` sweeps, ``--cfg job``,
+``--help`` and ``hydra.*`` overrides all work). Before Hydra starts, every job of the run is
+composed and validated, so a mistake a user can make prints one line and exits non-zero before any
+work starts or any directory is written. Heavy imports (torch) happen inside the commands, so
+``reprlab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reprlab.errors import ReprlabError
+
+EXIT_USER_ERROR = 2
+
+# Hydra flags after which nothing runs: no validation needed (or possible, for --help).
+_INFO_FLAGS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+}
+# Hydra flags that take a value in the next argument.
+_VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
+
+
+def _debug() -> bool:
+    return os.environ.get("REPRLAB_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str) -> int:
+    """Print a user error as one line on stderr; return the exit code."""
+    print(f"reprlab: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+# --- run --------------------------------------------------------------------------------------
+
+
+def split_hydra_args(args: Sequence[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, multirun, info_only) from the arguments given after ``run``."""
+    overrides: list[str] = []
+    multirun = info_only = False
+    skip_next = False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in ("-m", "--multirun"):
+            multirun = True
+        elif flag in _INFO_FLAGS:
+            info_only = True
+            skip_next = flag in _VALUE_FLAGS and "=" not in arg and flag not in ("--info", "-i")
+        elif flag in _VALUE_FLAGS:
+            skip_next = "=" not in arg
+        elif arg.startswith("-"):
+            continue
+        else:
+            overrides.append(arg)
+    return overrides, multirun, info_only
+
+
+def check_group_choices(overrides: Sequence[str]) -> None:
+    """Raise ReprlabError for ``group=option`` overrides naming an option that does not exist."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from reprlab.config import GROUPS, group_options
+
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        group = override.key_or_group
+        if group not in GROUPS or override.is_delete():
+            continue
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.get_value_element_as_str()]
+        options = group_options(group)
+        for value in values:
+            if value != "null" and value not in options:
+                raise ReprlabError(
+                    f"unknown {group} '{value}'; choose one of: {', '.join(options)}"
+                )
+
+
+def job_overrides(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job a (multi)run will launch."""
+    if not multirun:
+        return [list(overrides)]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [job for batch in batches for job in batch]
+
+
+def compose_config(overrides: Sequence[str]) -> Any:
+    """Compose the run config for ``overrides`` (no Hydra run, no directories written)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from reprlab.config import config_dir
+
+    _register_config_extras()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="reprlab"):
+            return compose("config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ReprlabError(" ".join(lines[:2]) if lines else type(err).__name__) from None
+
+
+def preflight(overrides: Sequence[str], multirun: bool) -> None:
+    """Compose and validate every job of the run; raise ReprlabError on the first problem."""
+    from hydra.errors import HydraException
+
+    from reprlab.config import validate
+
+    try:
+        check_group_choices(overrides)
+        jobs = job_overrides(overrides, multirun)
+    except HydraException as err:
+        raise ReprlabError(str(err).splitlines()[0]) from None
+    for job in jobs:
+        try:
+            validate(compose_config(job))
+        except ReprlabError as err:
+            prefix = f"in sweep job [{' '.join(job)}]: " if multirun and len(jobs) > 1 else ""
+            raise ReprlabError(f"{prefix}{err}") from None
+
+
+_EXTRAS_REGISTERED = False
+
+
+def _register_config_extras() -> None:
+    """Register the ``ref`` group's options and the run-id resolver (once per process)."""
+    global _EXTRAS_REGISTERED
+    if _EXTRAS_REGISTERED:
+        return
+    from omegaconf import OmegaConf
+
+    from reprlab.config import register_ref_group
+    from reprlab.runs import RUN_ID
+
+    register_ref_group()
+    OmegaConf.register_new_resolver("reprlab_run_id", lambda: RUN_ID, replace=True)
+    _EXTRAS_REGISTERED = True
+
+
+def _hydra_task(cfg: Any) -> Any:
+    from reprlab.execute import execute
+
+    try:
+        return execute(cfg)
+    except ReprlabError as err:
+        if _debug():
+            raise
+        sys.exit(fail(str(err)))
+
+
+def run_command(args: Sequence[str]) -> int:
+    """``reprlab run``: validate, then hand ``args`` to Hydra unchanged."""
+    overrides, multirun, info_only = split_hydra_args(args)
+    if not info_only:
+        try:
+            preflight(overrides, multirun)
+        except ReprlabError as err:
+            if _debug():
+                raise
+            return fail(str(err))
+    import hydra
+
+    from reprlab.config import config_dir
+
+    _register_config_extras()
+    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
+        _hydra_task
+    )
+    sys.argv = ["reprlab run", *args]
+    main()
+    return 0
+
+
+# --- cache ------------------------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from reprlab.store import ModelStore
+
+    return ModelStore(args.store)
+
+
+def cache_ls(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from reprlab.report import print_table
+
+    rows = []
+    for key, meta, status in _store(args).entries():
+        meta = meta or {}
+        recipe = meta.get("recipe", {})
+        adversary = recipe.get("adversary")
+        final = meta.get("final", {})
+        rows.append(
+            {
+                "key": key,
+                "status": status,
+                "recipe": recipe.get("name"),
+                "arch": recipe.get("arch"),
+                "dataset": meta.get("dataset"),
+                "adversary": "standard"
+                if not adversary
+                else f"{adversary['norm']} {adversary['eps']:.4g} x{adversary['steps']}",
+                "epochs": meta.get("epochs_trained"),
+                "clean_acc": final.get("eval_clean_acc"),
+                "pgd_acc": next((v for k, v in final.items() if k.startswith("eval_pgd")), None),
+                "source": meta.get("source", "trained"),
+            }
+        )
+    if not rows:
+        print(f"the model store {args.store} is empty")
+        return 0
+    print_table(pd.DataFrame(rows))
+    return 0
+
+
+def cache_rm(args: argparse.Namespace) -> int:
+    store = _store(args)
+    for name in args.entries:
+        keys = store.resolve(name)
+        if not keys:
+            raise ReprlabError(f"no store entry matches '{name}'; see `reprlab cache ls`")
+        for key in keys:
+            store.remove(key)
+            print(f"removed {key}")
+    return 0
+
+
+def cache_gc(args: argparse.Namespace) -> int:
+    removed = _store(args).garbage_collect()
+    print(
+        f"removed {len(removed)} incomplete entr{'y' if len(removed) == 1 else 'ies'}"
+        + (f": {', '.join(removed)}" if removed else "")
+    )
+    return 0
+
+
+def cache_import(args: argparse.Namespace) -> int:
+    from reprlab.importing import import_checkpoint
+
+    cfg = compose_config(args.overrides)
+    entry = import_checkpoint(cfg, Path(args.checkpoint), args.format, args.store)
+    print(
+        f"imported {args.checkpoint} as {entry.meta['recipe']['name']} "
+        f"on {entry.meta['dataset']} -> store entry {entry.key}"
+    )
+    return 0
+
+
+# --- report, download -------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace) -> int:
+    from reprlab.report import gather_runs, print_table
+    from reprlab.store import atomic_write_text
+
+    table = gather_runs(args.runs_dir)
+    if table.empty:
+        raise ReprlabError(f"no run.json under {args.runs_dir}; is it a runs directory?")
+    output = Path(args.output) if args.output else Path(args.runs_dir) / "report.csv"
+    atomic_write_text(output, table.to_csv(index=False))
+    print_table(table)
+    print(f"\n{len(table)} runs -> {output}")
+    return 0
+
+
+def download(args: argparse.Namespace) -> int:
+    from reprlab.data import default_data_root
+    from reprlab.data import download as fetch
+
+    root = Path(args.root) if args.root else default_data_root()
+    path = fetch(args.dataset, root)
+    print(f"{args.dataset} is ready under {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reprlab",
+        description="Experiments on the representations of standard and robust networks.",
+        epilog="`reprlab run --help` lists the config groups and their options.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="command", required=True)
+    commands.add_parser(
+        "run",
+        help="run an analysis: reprlab run [-m] analysis=cka model=resnet18_at ...",
+        add_help=False,
+    )
+
+    cache = commands.add_parser("cache", help="manage the model store")
+    cache_commands = cache.add_subparsers(dest="cache_command", metavar="action", required=True)
+    store_help = "model store directory (default: outputs/store)"
+    ls = cache_commands.add_parser("ls", help="list stored models with recipe and accuracy")
+    ls.set_defaults(handler=cache_ls)
+    rm = cache_commands.add_parser("rm", help="remove entries by key, key prefix or recipe name")
+    rm.add_argument("entries", nargs="+")
+    rm.set_defaults(handler=cache_rm)
+    gc = cache_commands.add_parser("gc", help="remove incomplete entries left by killed runs")
+    gc.set_defaults(handler=cache_gc)
+    imp = cache_commands.add_parser(
+        "import",
+        help="import an external checkpoint as a recipe's weights",
+        description="Example: reprlab cache import cifar_l2_0_5.pt model=resnet50_at_l2 "
+        "dataset=cifar10 --format robustness",
+    )
+    imp.add_argument("checkpoint")
+    imp.add_argument("overrides", nargs="*", help="config overrides naming model= and dataset=")
+    imp.add_argument("--format", choices=["auto", "state_dict", "robustness"], default="auto")
+    imp.set_defaults(handler=cache_import)
+    for sub in (ls, rm, gc, imp):
+        sub.add_argument("--store", default="outputs/store", help=store_help)
+
+    rep = commands.add_parser("report", help="gather many runs (a sweep) into one table")
+    rep.add_argument("runs_dir", help="a sweep directory or any directory holding runs")
+    rep.add_argument("--output", help="CSV path (default: <runs_dir>/report.csv)")
+    rep.set_defaults(handler=report)
+
+    dl = commands.add_parser("download", help="fetch a dataset into the data root")
+    dl.add_argument("dataset")
+    dl.add_argument("--root", help="data root (default: $REPRLAB_DATA or outputs/data)")
+    dl.set_defaults(handler=download)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``reprlab`` console script and ``python -m reprlab``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":
+        return run_command(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ReprlabError as err:
+        if _debug():
+            raise
+        return fail(str(err))

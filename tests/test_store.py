@@ -1,0 +1,123 @@
+"""The model store: hit/miss, locking, atomicity, garbage collection, corrupt files."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reprlab.errors import ReprlabError
+from reprlab.store import ModelStore, atomic_torch_save, load_weights, store_key
+
+WEIGHTS = {"w": torch.arange(6.0).reshape(2, 3)}
+
+
+def counting_trainer(calls: list, weights=WEIGHTS, delay: float = 0.0):
+    def train(files):
+        calls.append(files.load_checkpoint())
+        time.sleep(delay)
+        return weights, {"final": {"eval_clean_acc": 0.5}}
+
+    return train
+
+
+def test_key_is_order_independent_and_content_sensitive() -> None:
+    assert store_key({"a": 1, "b": [1, 2]}) == store_key({"b": [1, 2], "a": 1})
+    assert store_key({"a": 1}) != store_key({"a": 2})
+    assert len(store_key({"a": 1})) == 16
+
+
+def test_miss_trains_once_then_hits(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    calls: list = []
+    entry, trained = store.obtain("k1", {"recipe": {"name": "m"}}, counting_trainer(calls))
+    assert trained and len(calls) == 1
+    again, trained_again = store.obtain("k1", {}, counting_trainer(calls))
+    assert not trained_again and len(calls) == 1
+    assert again.meta["final"]["eval_clean_acc"] == 0.5 and "train_seconds" in again.meta
+    assert torch.equal(load_weights(entry.weights_path)["w"], WEIGHTS["w"])
+    assert not (entry.path / "work").exists()
+
+
+def test_entry_without_completion_marker_is_never_used(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    half = tmp_path / "k2"
+    half.mkdir()
+    atomic_torch_save(half / "model.pt", {"w": torch.zeros(1)})  # weights, but no COMPLETE
+    assert store.get("k2") is None
+    calls: list = []
+    entry, trained = store.obtain("k2", {}, counting_trainer(calls))
+    assert trained and torch.equal(load_weights(entry.weights_path)["w"], WEIGHTS["w"])
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+
+    def dies_after_one_epoch(files):
+        files.save_checkpoint({"epoch": 1, "model": {"w": torch.ones(1)}})
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.obtain("k3", {}, dies_after_one_epoch)
+    assert store.get("k3") is None
+    calls: list = []
+    store.obtain("k3", {}, counting_trainer(calls))
+    assert calls[0]["epoch"] == 1
+
+
+def test_concurrent_requests_train_once(tmp_path: Path) -> None:
+    calls: list = []
+    results: list = []
+
+    def request():
+        store = ModelStore(tmp_path)  # each thread opens the lock file itself, like a process
+        results.append(store.obtain("k4", {}, counting_trainer(calls, delay=0.5)))
+
+    threads = [threading.Thread(target=request) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert sorted(trained for _, trained in results) == [False, False, True]
+
+
+def test_failed_atomic_write_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+    with pytest.raises(Exception):
+        atomic_torch_save(target, {"f": lambda: None})  # cannot be pickled
+    assert os.listdir(tmp_path) == []
+
+
+def test_corrupt_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(ReprlabError, match="cannot load"):
+        load_weights(path)
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "object.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a pickled module, not plain tensors
+    with pytest.raises(ReprlabError, match="refused"):
+        load_weights(path)
+
+
+def test_gc_removes_only_incomplete_unlocked_entries(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.obtain("done", {}, counting_trainer([]))
+    (tmp_path / "stale").mkdir()
+    assert store.garbage_collect() == ["stale"]
+    assert store.get("done") is not None and not (tmp_path / "stale").exists()
+
+
+def test_remove_by_recipe_name(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.obtain("abc123", {"recipe": {"name": "cnn_small"}}, counting_trainer([]))
+    assert store.resolve("cnn_small") == ["abc123"] and store.resolve("abc") == ["abc123"]
+    store.remove("abc123")
+    assert store.get("abc123") is None
