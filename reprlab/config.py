@@ -27,11 +27,8 @@ SCHEDULES = ("step", "cosine", "constant")
 
 
 def config_dir() -> Path:
-    """Directory holding the YAML configs: inside the installed package, else the repo's conf/."""
-    packaged = Path(str(resources.files("reprlab"))) / "conf"
-    if (packaged / "config.yaml").is_file():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "conf"
+    """Directory holding the YAML configs, shipped inside the package (``reprlab/conf``)."""
+    return Path(str(resources.files("reprlab"))) / "conf"
 
 
 def group_options(group: str) -> list[str]:
