@@ -172,12 +172,18 @@ class RunContext:
             self.dataset.root,
             "train",
             batch_size=train.batch_size,
-            train=train.augment,
+            train=True,
+            augment=train.augment,
             seed=spec.seed,
             device=self.device,
             limit=self.dataset.train_limit,
             num_workers=int(self.cfg.num_workers),
         )
+        if len(loader) == 0:
+            raise ReprlabError(
+                f"fewer training images than model.train.batch_size={train.batch_size}; "
+                "lower the batch size or raise dataset.train_limit"
+            )
         settings = TrainSettings(
             epochs=train.epochs,
             optimizer=train.optimizer,
