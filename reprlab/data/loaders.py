@@ -243,8 +243,9 @@ def make_loader(
 
     train=True: shuffled, the last incomplete batch dropped (BatchNorm cannot train on one
     example), with the dataset's default augmentation unless ``augment`` is False; train=False:
-    dataset order, every example, no augmentation. In-memory datasets give a :class:`TensorLoader` on ``device`` (``num_workers``
-    unused); ImageNet ones a :class:`StreamLoader`. ``limit`` keeps the random subset that
+    dataset order, every example, no augmentation. In-memory datasets give a
+    :class:`TensorLoader` on ``device`` (``num_workers`` unused); ImageNet ones a
+    :class:`StreamLoader`. ``limit`` keeps the random subset that
     :func:`~reprlab.data.registry.subset_indices` draws with ``seed``.
     """
     info = dataset_info(name)
