@@ -1,0 +1,378 @@
+"""Centred kernel alignment (CKA) between representations: Grams, HSIC estimators, accumulators.
+
+Implements linear and RBF CKA (Kornblith et al., ICML 2019), the unbiased HSIC estimator (Song et
+al., JMLR 2012) and minibatch CKA (Nguyen et al., ICLR 2021)::
+
+    CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))
+
+Features are tensors [n, ...] with examples along the first dimension; they are flattened to
+[n, d], cast to float64 and centred over the examples *before* any Gram is formed. Centring
+changes no CKA value (every estimator here is translation invariant), but float32 Grams of
+uncentred activations lose the variance under the mean and give CKA values above 1 or NaN.
+Everything after the cast is float64.
+
+Estimators
+----------
+* biased HSIC: ``tr(K H L H) / (n - 1)^2`` with ``H = I - 11ᵀ/n`` (needs n >= 2);
+* unbiased HSIC (Song et al.): with K̃, L̃ the Grams with zeroed diagonals,
+  ``[tr(K̃L̃) + 1ᵀK̃1 1ᵀL̃1 / ((n-1)(n-2)) - 2/(n-2) 1ᵀK̃L̃1] / (n(n-3))`` (needs n >= 4; can be
+  negative). The all-pairs path computes it as ``<U(K), U(L)> / (n(n-3))`` with U the U-centring
+  of Székely & Rizzo (2014), an identity that needs one matrix product for all pairs.
+
+Zero variance: a representation that is constant over all examples has HSIC(K, K) = 0 and CKA
+0/0; :func:`cka` and :meth:`MinibatchCKA.compute` raise :class:`~reprlab.errors.ReprlabError`
+naming it instead of returning NaN. NaN or inf in features raises too, naming the representation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from reprlab.errors import ReprlabError
+
+KERNELS = ("linear", "rbf")
+
+# Columns of a feature matrix are cast to float64 in slices of at most this many elements, so a
+# Gram of a wide conv map never holds a full float64 copy of it.
+_CAST_CHUNK_ELEMENTS = 1 << 24
+
+FeatureList = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ReprlabError(f"unknown CKA kernel '{kernel}'; use one of: {', '.join(KERNELS)}")
+
+
+def _require_examples(n: int, unbiased: bool) -> None:
+    if unbiased and n < 4:
+        raise ReprlabError(
+            f"unbiased HSIC needs at least 4 examples per batch, got {n}; "
+            "use a larger batch (or drop the short last batch) or the biased estimator"
+        )
+    if n < 2:
+        raise ReprlabError(f"CKA needs at least 2 examples, got {n}")
+
+
+def linear_gram(features: torch.Tensor) -> torch.Tensor:
+    """Linear Gram ``X_c X_cᵀ`` [n, n] float64 of ``features`` [n, ...].
+
+    ``X_c`` is the features flattened to [n, d], cast to float64 and centred over the n examples.
+    A column that is constant over the examples contributes exactly zero, so a constant
+    representation has an exactly zero Gram. Raises ReprlabError on NaN or inf.
+    """
+    flat = features.reshape(features.shape[0], -1)
+    n, width = flat.shape
+    gram = torch.zeros(n, n, dtype=torch.float64, device=features.device)
+    step = max(1, _CAST_CHUNK_ELEMENTS // max(n, 1))
+    for start in range(0, width, step):
+        source = flat[:, start : start + step]
+        chunk = source.to(torch.float64, copy=True)
+        mean = chunk.mean(dim=0)
+        # A float64 sum of float32 values cannot overflow: the means are finite iff the inputs are.
+        if not torch.isfinite(mean).all():
+            raise ReprlabError("NaN or inf in the activations; check the model weights and inputs")
+        chunk -= mean
+        if source.dtype == torch.float64:
+            # The float64 mean of a constant float64 column can miss it by an ulp; narrower
+            # inputs (float32, float16, bfloat16) are centred exactly.
+            chunk.masked_fill_((source == source[:1]).all(dim=0), 0.0)
+        gram.addmm_(chunk, chunk.T)
+    return gram
+
+
+def _median(values: torch.Tensor) -> torch.Tensor:
+    """Median of all entries, averaging the two middle ones for an even count (as numpy)."""
+    flat = values.reshape(-1)
+    count = flat.numel()
+    upper = flat.kthvalue(count // 2 + 1).values
+    if count % 2:
+        return upper
+    return (flat.kthvalue(count // 2).values + upper) / 2
+
+
+def rbf_gram(features: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
+    """RBF Gram ``exp(-|x_i - x_j|^2 / (2 sigma^2))`` [n, n] float64 of ``features`` [n, ...].
+
+    Kornblith et al.'s bandwidth convention: ``sigma = threshold * m`` where ``m^2`` is the median
+    of the n^2 squared pairwise distances (zero diagonal included), so ``threshold`` is a fraction
+    of the median distance. Raises ReprlabError when that median is 0 (features constant on at
+    least half of the pairs).
+    """
+    if threshold <= 0:
+        raise ReprlabError(f"RBF threshold must be positive, got {threshold}")
+    dots = linear_gram(features)
+    sq_norms = dots.diagonal()
+    sq_distances = (sq_norms[:, None] + sq_norms[None, :] - 2 * dots).clamp_(min=0)
+    median = _median(sq_distances)
+    if median.item() <= 0:
+        raise ReprlabError(
+            "RBF bandwidth is zero: at least half the pairwise distances are 0 "
+            "(representation constant over the batch); use kernel=linear or more varied inputs"
+        )
+    return torch.exp(sq_distances / (-2 * threshold**2 * median))
+
+
+def gram(
+    features: torch.Tensor, kernel: str = "linear", rbf_threshold: float = 1.0
+) -> torch.Tensor:
+    """Gram [n, n] float64 of ``features`` [n, ...] under ``kernel`` ("linear" or "rbf")."""
+    _check_kernel(kernel)
+    if kernel == "rbf":
+        return rbf_gram(features, rbf_threshold)
+    return linear_gram(features)
+
+
+def _named(features: FeatureList, names: Sequence[str] | None) -> list[tuple[str, torch.Tensor]]:
+    """Pair features with names: a mapping in ``names`` order (or its own), a sequence by index."""
+    if isinstance(features, Mapping):
+        if names is None:
+            return list(features.items())
+        if set(features) != set(names):
+            raise ValueError(f"feature names {list(features)} do not match {list(names)}")
+        return [(name, features[name]) for name in names]
+    features = list(features)
+    if names is None:
+        names = [str(index) for index in range(len(features))]
+    if len(names) != len(features):
+        raise ValueError(f"{len(features)} feature tensors for {len(names)} names")
+    return list(zip(names, features, strict=True))
+
+
+def gram_stack(
+    features: FeatureList,
+    names: Sequence[str] | None = None,
+    *,
+    kernel: str = "linear",
+    rbf_threshold: float = 1.0,
+) -> torch.Tensor:
+    """Grams [p, n, n] float64 of p representations of the same n examples.
+
+    ``features`` is a sequence of tensors [n, ...] or a mapping name -> tensor (then ``names``,
+    if given, fixes the order). Raises ReprlabError naming the representation when one holds NaN
+    or inf, when the example counts differ, or when its RBF bandwidth is zero.
+    """
+    _check_kernel(kernel)
+    named = _named(features, names)
+    if not named:
+        raise ValueError("gram_stack needs at least one feature tensor")
+    counts = {name: tensor.shape[0] for name, tensor in named}
+    if len(set(counts.values())) != 1:
+        raise ReprlabError(f"representations disagree on the number of examples: {counts}")
+    grams = []
+    for name, tensor in named:
+        try:
+            grams.append(gram(tensor, kernel, rbf_threshold))
+        except ReprlabError as err:
+            raise ReprlabError(f"{name!r}: {err}") from err
+    return torch.stack(grams)
+
+
+def hsic(k: torch.Tensor, l: torch.Tensor, *, unbiased: bool = False) -> torch.Tensor:  # noqa: E741
+    """HSIC of two Grams [n, n]: biased ``tr(KHLH)/(n-1)^2`` or Song et al.'s unbiased estimator.
+
+    Returns a 0-d float64 tensor. Computed from the formulas in the module docstring with traces
+    and sums only (O(n^2)); the unbiased one needs n >= 4 and may be negative.
+    """
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape != l.shape:
+        raise ValueError(f"hsic needs two square Grams of one shape, got {k.shape} and {l.shape}")
+    n = k.shape[0]
+    _require_examples(n, unbiased)
+    k = k.to(torch.float64)
+    l = l.to(torch.float64)  # noqa: E741
+    if unbiased:
+        k = k.clone().fill_diagonal_(0.0)
+        l = l.clone().fill_diagonal_(0.0)  # noqa: E741
+    trace_kl = (k * l.T).sum()
+    ones_kl_ones = k.sum(dim=0) @ l.sum(dim=1)
+    if unbiased:
+        value = trace_kl + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2 * ones_kl_ones / (n - 2)
+        return value / (n * (n - 3))
+    return (trace_kl - 2 * ones_kl_ones / n + k.sum() * l.sum() / n**2) / (n - 1) ** 2
+
+
+def _centred(grams: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    """New float64 copy of Grams [..., n, n]: double-centred HKH, or U-centred when unbiased.
+
+    U-centring (Székely & Rizzo 2014): zero the diagonal, subtract row and column sums / (n-2),
+    add the total / ((n-1)(n-2)), zero the diagonal again.
+    """
+    n = grams.shape[-1]
+    centred = grams.to(torch.float64, copy=True)
+    if unbiased:
+        centred.diagonal(dim1=-2, dim2=-1).zero_()
+        divisor, total_divisor = n - 2, (n - 1) * (n - 2)
+    else:
+        divisor, total_divisor = n, n * n
+    row_sums = centred.sum(dim=-1, keepdim=True)
+    col_sums = centred.sum(dim=-2, keepdim=True)
+    total = row_sums.sum(dim=-2, keepdim=True)
+    centred -= row_sums / divisor
+    centred -= col_sums / divisor - total / total_divisor
+    if unbiased:
+        centred.diagonal(dim1=-2, dim2=-1).zero_()
+    return centred
+
+
+def _normaliser(n: int, unbiased: bool) -> int:
+    return n * (n - 3) if unbiased else (n - 1) ** 2
+
+
+def hsic_matrix(
+    grams_a: torch.Tensor, grams_b: torch.Tensor | None = None, *, unbiased: bool = False
+) -> torch.Tensor:
+    """HSIC for all pairs between Grams [p, n, n] and [q, n, n] (default: ``grams_a``): [p, q].
+
+    Equal to ``hsic(grams_a[i], grams_b[j], unbiased=unbiased)`` for every (i, j), computed as
+    one product of the centred Grams flattened to [p, n*n] and [q, n*n].
+    """
+    if grams_a.ndim != 3 or (grams_b is not None and grams_b.shape[1:] != grams_a.shape[1:]):
+        other = None if grams_b is None else tuple(grams_b.shape)
+        raise ValueError(f"need Gram stacks [p, n, n] and [q, n, n], got {grams_a.shape}, {other}")
+    n = grams_a.shape[-1]
+    _require_examples(n, unbiased)
+    flat_a = _centred(grams_a, unbiased).flatten(1)
+    flat_b = flat_a if grams_b is None else _centred(grams_b, unbiased).flatten(1)
+    return flat_a @ flat_b.T / _normaliser(n, unbiased)
+
+
+def _zero_variance_error(names: Sequence[str]) -> ReprlabError:
+    return ReprlabError(
+        f"representation {', '.join(map(repr, names))} is constant over all examples "
+        "(HSIC(K, K) = 0), so its CKA is undefined; leave it out"
+    )
+
+
+def cka(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    kernel: str = "linear",
+    unbiased: bool = False,
+    rbf_threshold: float = 1.0,
+) -> float:
+    """CKA between representations ``x`` [n, ...] and ``y`` [n, ...] of the same n examples.
+
+    ``unbiased=False`` is Kornblith et al.'s CKA, in [0, 1]; ``unbiased=True`` uses Song et al.'s
+    HSIC estimator (Kornblith's "debiased" CKA, can be slightly negative; n >= 4).
+    ``rbf_threshold`` is the RBF bandwidth as a fraction of the median distance.
+    """
+    grams = gram_stack({"x": x, "y": y}, kernel=kernel, rbf_threshold=rbf_threshold)
+    (self_x, cross), (_, self_y) = hsic_matrix(grams, unbiased=unbiased).tolist()
+    constant = [name for name, value in (("x", self_x), ("y", self_y)) if value <= 0]
+    if constant:
+        raise _zero_variance_error(constant)
+    return cross / math.sqrt(self_x * self_y)
+
+
+class MinibatchCKA:
+    """Minibatch CKA (Nguyen et al., ICLR 2021) between p row and q column representations.
+
+    Each batch adds its HSIC(K, L) matrix [p, q] and self terms HSIC(K, K) [p], HSIC(L, L) [q]
+    (float64, on the device of the batch); :meth:`compute` returns
+    ``ΣHSIC(K, L) / sqrt(ΣHSIC(K, K) ΣHSIC(L, L))``. Every batch weighs the same. With the
+    unbiased estimator (default) the result barely depends on the batch size; with the biased
+    one it is inflated at small batches. One batch holding the whole set gives the exact
+    full-data estimator.
+
+    Give only ``row_names`` for a within-model matrix (p x p, each batch feeds one feature list,
+    Grams computed once); give ``col_names`` too for a cross matrix (each batch feeds two lists).
+
+    Example::
+
+        acc = MinibatchCKA(["conv1", "fc"])
+        for x in batches:
+            acc.update([f1(x), f2(x)])
+        matrix = acc.compute()  # [2, 2]
+    """
+
+    def __init__(
+        self,
+        row_names: Sequence[str],
+        col_names: Sequence[str] | None = None,
+        *,
+        kernel: str = "linear",
+        unbiased: bool = True,
+        rbf_threshold: float = 1.0,
+    ) -> None:
+        _check_kernel(kernel)
+        if not row_names or (col_names is not None and not col_names):
+            raise ValueError("MinibatchCKA needs at least one row and one column name")
+        self.row_names = tuple(row_names)
+        self.within = col_names is None
+        self.col_names = self.row_names if col_names is None else tuple(col_names)
+        self.kernel = kernel
+        self.unbiased = unbiased
+        self.rbf_threshold = rbf_threshold
+        self.n_examples = 0
+        self.n_batches = 0
+        self._cross: torch.Tensor | None = None
+        self._row_self: torch.Tensor | None = None
+        self._col_self: torch.Tensor | None = None
+
+    def grams(self, features: FeatureList, *, columns: bool = False) -> torch.Tensor:
+        """Grams [p, n, n] (or [q, n, n] with ``columns=True``) of one batch's features.
+
+        ``features``: tensors [n, ...] in name order, or a mapping name -> tensor.
+        """
+        names = self.col_names if columns else self.row_names
+        return gram_stack(features, names, kernel=self.kernel, rbf_threshold=self.rbf_threshold)
+
+    def update(self, features_a: FeatureList, features_b: FeatureList | None = None) -> None:
+        """Add one batch given as features (see :meth:`grams`); ``features_b`` only if cross."""
+        grams_b = None if features_b is None else self.grams(features_b, columns=True)
+        self.add_grams(self.grams(features_a), grams_b)
+
+    def add_grams(self, grams_a: torch.Tensor, grams_b: torch.Tensor | None = None) -> None:
+        """Add one batch given as Gram stacks [p, n, n] (and [q, n, n] if cross) of this kernel."""
+        if self.within != (grams_b is None):
+            raise ValueError("pass grams_b exactly when the accumulator has column names")
+        if grams_a.ndim != 3 or grams_a.shape[0] != len(self.row_names):
+            raise ValueError(f"expected {len(self.row_names)} row Grams, got {grams_a.shape}")
+        if grams_b is not None and grams_b.shape[0] != len(self.col_names):
+            raise ValueError(f"expected {len(self.col_names)} column Grams, got {grams_b.shape}")
+        n = grams_a.shape[-1]
+        if grams_b is not None and grams_b.shape[-1] != n:
+            raise ReprlabError(
+                f"the two sides of a CKA batch differ in size ({n} vs {grams_b.shape[-1]} examples)"
+            )
+        _require_examples(n, self.unbiased)
+        normaliser = _normaliser(n, self.unbiased)
+        flat_a = _centred(grams_a, self.unbiased).flatten(1)
+        if grams_b is None:
+            cross = flat_a @ flat_a.T / normaliser
+            # The diagonal itself, so that the within-model diagonal comes out exactly 1.
+            row_self, col_self = cross.diagonal().clone(), None
+        else:
+            flat_b = _centred(grams_b, self.unbiased).flatten(1)
+            cross = flat_a @ flat_b.T / normaliser
+            row_self = torch.linalg.vecdot(flat_a, flat_a) / normaliser
+            col_self = torch.linalg.vecdot(flat_b, flat_b) / normaliser
+        if self._cross is None or self._row_self is None:
+            self._cross, self._row_self, self._col_self = cross, row_self, col_self
+        else:
+            self._cross += cross
+            self._row_self += row_self
+            if self._col_self is not None and col_self is not None:
+                self._col_self += col_self
+        self.n_examples += n
+        self.n_batches += 1
+
+    def compute(self) -> torch.Tensor:
+        """CKA matrix [p, q] float64 on the CPU; rows follow ``row_names``, columns ``col_names``.
+
+        Raises ReprlabError if no batch was added or a representation was constant throughout.
+        """
+        if self._cross is None or self._row_self is None:
+            raise ReprlabError("no batches were given to the CKA accumulator; check the inputs")
+        row_self = self._row_self.cpu()
+        col_self = row_self if self._col_self is None else self._col_self.cpu()
+        constant = [name for name, v in zip(self.row_names, row_self, strict=True) if v <= 0]
+        if not self.within:
+            constant += [name for name, v in zip(self.col_names, col_self, strict=True) if v <= 0]
+        if constant:
+            raise _zero_variance_error(constant)
+        return self._cross.cpu() / torch.sqrt(torch.outer(row_self, col_self))

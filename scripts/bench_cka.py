@@ -1,0 +1,336 @@
+"""Benchmark reprlab's layer-by-layer CKA against torch-cka 0.21: speed, agreement and memory.
+
+Both tools see the same two randomly initialised models (resnet18 on 3x32x32 when registered,
+else the cnn_madry MNIST CNN), the same taps, the same images and the same batches, and compute
+the same estimator: torch-cka 0.21 accumulates Song et al.'s unbiased HSIC of linear Grams of
+flattened activations over minibatches (Nguyen et al. 2021), equal weight per batch, which is
+``layer_cka(..., kernel="linear", unbiased=True, pool=False)``. It does so in the models' dtype
+without centring, and recomputes the column Gram for every (row, column) pair.
+
+Prints, from one run:
+  * seconds for the forward passes alone, for reprlab and for torch-cka, and the speed ratio
+    (target >= 20x), also with the shared forward passes subtracted;
+  * the max absolute difference of the matrices: against torch-cka as users run it (float32),
+    and against torch-cka run in float64 on the first batches (like with like; target <= 1e-4);
+  * our peak memory for N and 4N images at one batch size, each measured in a fresh subprocess
+    (CPU: peak RSS delta; CUDA: max_memory_allocated delta), and their ratio (target ~1).
+
+``--taps declared`` uses the architecture's taps (resnet18: stem, 8 blocks, pool, logits);
+``--taps layers`` adds every conv, BatchNorm and linear output, as Cianfarani et al. tap.
+
+Run from the repository root with reprlab importable (``pip install -e .`` or PYTHONPATH=.)::
+
+    python scripts/bench_cka.py                        # CPU defaults, about 3-5 minutes
+    python scripts/bench_cka.py --taps layers --n 256 --batch-size 64 --skip-memory
+    python scripts/bench_cka.py --device cuda --n 10000 --batch-size 1024 --memory-n 2500
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from reprlab.layerwise import layer_cka
+from reprlab.models import available_archs, build_model
+from reprlab.models.base import Body, Classifier
+from reprlab.taps import capture
+
+INPUTS = {  # arch -> (channels, image size)
+    "resnet18": (3, 32),
+    "cnn_madry": (1, 28),
+}
+
+
+def with_layer_taps(model: Classifier, example: torch.Tensor) -> Classifier:
+    """``model`` sharing its weights, tapped at every conv, BatchNorm and linear output too.
+
+    Cianfarani et al. tap every layer; the architectures declare coarser taps (block outputs).
+    Taps are ordered by when they fire on ``example``; modules that fire more than once are left
+    out.
+    """
+    names = {path.removeprefix("net."): name for name, path in model.tap_points.items()}
+    for path, module in model.net.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) and path not in names:
+            names[path] = path
+    fired: list[str] = []
+    handles = [
+        model.net.get_submodule(path).register_forward_hook(lambda *_, p=path: fired.append(p))
+        for path in names
+    ]
+    with torch.no_grad():
+        model(example)
+    for handle in handles:
+        handle.remove()
+    once = [path for path in dict.fromkeys(fired) if fired.count(path) == 1]
+    body = Body(
+        net=model.net, taps={names[p]: p for p in once}, representation=model.representation_tap
+    )
+    mean, std = model.normalize.mean.flatten().tolist(), model.normalize.std.flatten().tolist()
+    return Classifier(f"{model.arch}+layers", body, mean=mean, std=std).to(example.device)
+
+
+def build_pair(arch: str, taps: str, device: torch.device) -> tuple[Classifier, Classifier]:
+    """Two differently seeded, randomly initialised models of ``arch`` in eval mode.
+
+    ``taps``: "declared" (the architecture's own) or "layers" (every conv/BN/linear as well).
+    """
+    channels, size = INPUTS[arch]
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model(
+            arch,
+            num_classes=10,
+            in_channels=channels,
+            image_size=size,
+            mean=[0.5] * channels,
+            std=[0.25] * channels,
+        )
+        for module in model.modules():  # torch-cka keeps hook outputs without cloning them
+            if isinstance(module, nn.ReLU):
+                module.inplace = False
+        model = model.to(device).eval()
+        if taps == "layers":
+            model = with_layer_taps(model, torch.rand(2, channels, size, size, device=device))
+        models.append(model.eval())
+    return models[0], models[1]
+
+
+def image_batches(
+    arch: str, n: int, batch_size: int, device: torch.device, seed: int = 0
+) -> Iterator[torch.Tensor]:
+    """Uniform [0, 1] images, generated batch by batch: the set itself is never held."""
+    channels, size = INPUTS[arch]
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, n, batch_size):
+        count = min(batch_size, n - start)
+        yield torch.rand(count, channels, size, size, generator=generator).to(device)
+
+
+def timed(fn: Callable[[], torch.Tensor | None], device: torch.device) -> tuple[float, object]:
+    """Wall seconds of ``fn()`` (synchronising CUDA) and its result."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def run_ours(model_a, model_b, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """reprlab's matrix [p, q] with torch-cka's estimator (linear, unbiased, flattened)."""
+    batches = (x.to(device) for x in images.split(batch_size))
+    result = layer_cka(model_a, batches, model_b=model_b, kernel="linear", unbiased=True)
+    return result.matrix
+
+
+def run_torch_cka(model_a, model_b, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """torch-cka 0.21's matrix for all taps of both models, in the dtype of models and images.
+
+    torch-cka leaves its hooks on the models it is given, so it gets copies.
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch_cka import CKA
+
+    model_a, model_b = copy.deepcopy(model_a), copy.deepcopy(model_b)
+    loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=False)
+    peer = CKA(
+        model_a,
+        model_b,
+        model1_name="model_a",
+        model2_name="model_b",
+        model1_layers=list(model_a.tap_points.values()),
+        model2_layers=list(model_b.tap_points.values()),
+        device=str(device),
+    )
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(images.dtype)  # its helper vectors use the default dtype
+    try:
+        peer.compare(loader, loader)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    # torch-cka orders rows by firing order; taps are declared in forward order, so they agree.
+    return peer.export()["CKA"].to(torch.float64)
+
+
+def forward_only(model_a, model_b, images: torch.Tensor, batch_size: int, device) -> None:
+    """The floor both tools share: forward passes of both models capturing every tap."""
+    with torch.no_grad():
+        for x in images.split(batch_size):
+            capture(model_a, x.to(device))
+            capture(model_b, x.to(device))
+
+
+def compare_speed(args: argparse.Namespace) -> None:
+    """Time both tools on the same models, taps and batches; check they agree."""
+    device = torch.device(args.device)
+    model_a, model_b = build_pair(args.arch, args.taps, device)
+    images = torch.cat(list(image_batches(args.arch, args.n, args.n, torch.device("cpu"))))
+    p, q = len(model_a.tap_names), len(model_b.tap_names)
+    print(f"{args.arch}, {args.taps} taps ({p} x {q}), {args.n} images, batch {args.batch_size}")
+    print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    forward_only(model_a, model_b, images[: args.batch_size], args.batch_size, device)  # warm-up
+    floor, _ = timed(
+        lambda: forward_only(model_a, model_b, images, args.batch_size, device), device
+    )
+    ours_s, ours_matrix = timed(
+        lambda: run_ours(model_a, model_b, images, args.batch_size, device), device
+    )
+    print(f"forward passes alone (both models): {floor:9.2f} s")
+    print(f"reprlab layer_cka:                  {ours_s:9.2f} s")
+    if args.skip_peer:
+        return
+    peer_s, peer_matrix = timed(
+        lambda: run_torch_cka(model_a, model_b, images, args.batch_size, device), device
+    )
+    print(f"torch-cka 0.21 (float32):           {peer_s:9.2f} s")
+    print(f"speed ratio torch-cka / reprlab:    {peer_s / ours_s:9.1f} x  (target >= 20)")
+    beyond_floor = (peer_s - floor) / max(ours_s - floor, 1e-9)
+    print(f"  CKA work only (forward subtracted): {beyond_floor:7.1f} x")
+    float32_error = (peer_matrix - ours_matrix).abs().max().item()
+    print(f"max |torch-cka float32 - reprlab|:  {float32_error:9.2e}  (torch-cka's float32 error)")
+
+    # Like with like in precision: torch-cka run in float64 on the first batches.
+    subset = images[: args.check_batches * args.batch_size]
+    reference = run_torch_cka(
+        copy.deepcopy(model_a).double(),
+        copy.deepcopy(model_b).double(),
+        subset.double(),
+        args.batch_size,
+        device,
+    )
+    ours_subset = run_ours(model_a, model_b, subset, args.batch_size, device)
+    difference = (reference - ours_subset).abs().max().item()
+    print(
+        f"max |torch-cka float64 - reprlab|:  {difference:9.2e}  (target <= 1e-4; "
+        f"{len(subset)} images)"
+    )
+
+
+def _proc_status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (e.g. VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _host_memory_mark() -> int:
+    """Reset this process's peak resident set to the current one; return the current one.
+
+    ru_maxrss is carried over from the parent process across exec, so a child launched by a
+    large parent would report the parent's peak; VmHWM belongs to this process image only.
+    """
+    if not Path("/proc/self/status").exists():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM where permitted
+    return _proc_status_bytes("VmRSS")
+
+
+def _host_memory_peak() -> int:
+    if not Path("/proc/self/status").exists():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _proc_status_bytes("VmHWM")
+
+
+def peak_memory_worker(args: argparse.Namespace) -> None:
+    """Run layer_cka on ``args.n`` streamed images; print our peak memory delta as JSON."""
+    device = torch.device(args.device)
+    model_a, model_b = build_pair(args.arch, args.taps, device)
+    warmup = next(image_batches(args.arch, 4, 4, device))
+    layer_cka(model_a, [warmup], model_b=model_b, progress=False)  # allocator and lazy init
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = _host_memory_mark()
+    batches = image_batches(args.arch, args.n, args.batch_size, device, seed=1)
+    layer_cka(model_a, batches, model_b=model_b, progress=False)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - before
+    else:
+        peak = _host_memory_peak() - before
+    print(json.dumps({"n": args.n, "peak_bytes": peak}))
+
+
+def measure_peak(args: argparse.Namespace, n: int) -> int:
+    """Peak memory delta of layer_cka on ``n`` images, in a fresh Python process."""
+    command = [
+        sys.executable,
+        __file__,
+        "--memory-worker",
+        f"--arch={args.arch}",
+        f"--taps={args.taps}",
+        f"--n={n}",
+        f"--batch-size={args.batch_size}",
+        f"--device={args.device}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory worker failed:\n{done.stderr}")
+    return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"])
+
+
+def compare_memory(args: argparse.Namespace) -> None:
+    """Our peak memory for N and 4N images at one batch size, each in a fresh process."""
+    small, large = args.memory_n, 4 * args.memory_n
+    peaks = {n: measure_peak(args, n) for n in (small, large)}
+    kind = "max_memory_allocated" if args.device.startswith("cuda") else "peak RSS (VmHWM)"
+    print(f"reprlab peak memory ({kind} delta), batch {args.batch_size}:")
+    for n in (small, large):
+        print(f"  {n:6d} images: {peaks[n] / 2**20:9.1f} MiB")
+    print(f"  ratio 4N / N:  {peaks[large] / max(peaks[small], 1):9.2f}  (target ~1)")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default_arch = "resnet18" if "resnet18" in available_archs() else "cnn_madry"
+    parser.add_argument("--arch", choices=sorted(INPUTS), default=default_arch)
+    parser.add_argument(
+        "--taps",
+        choices=["declared", "layers"],
+        default="declared",
+        help="the architecture's taps, or every conv/BN/linear output as well (Cianfarani)",
+    )
+    parser.add_argument("--n", type=int, default=384, help="images for the speed comparison")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--check-batches", type=int, default=2, help="batches for the fp64 check")
+    parser.add_argument("--memory-n", type=int, default=128, help="N of the N/4N memory test")
+    parser.add_argument("--skip-peer", action="store_true", help="no torch-cka comparison")
+    parser.add_argument("--skip-memory", action="store_true", help="no memory measurement")
+    parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.memory_worker:
+        peak_memory_worker(args)
+        return
+    if not args.skip_peer and importlib.util.find_spec("torch_cka") is None:
+        sys.exit("torch-cka is not installed; install it with: pip install torch-cka==0.21")
+    compare_speed(args)
+    if not args.skip_memory:
+        compare_memory(args)
+
+
+if __name__ == "__main__":
+    main()

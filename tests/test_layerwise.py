@@ -1,0 +1,171 @@
+"""Layer-by-layer CKA streamed from models: structure, exactness, copies, modes, inputs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from reprlab.errors import ReprlabError
+from reprlab.layerwise import layer_cka
+from reprlab.models.base import Body, Classifier
+from reprlab.similarity import MinibatchCKA, cka
+from reprlab.taps import capture
+
+TAPS = ["conv1", "bn1", "relu1", "conv2", "relu2", "pool", "logits"]
+
+
+def _toy_model(seed: int) -> Classifier:
+    """A small conv net on 1x8x8 images with BatchNorm and an in-place ReLU after it."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        nn.Linear(8, 3),
+    )
+    body = Body(net=net, taps={name: str(i) for i, name in enumerate(TAPS)}, representation="pool")
+    model = Classifier("toy", body, mean=[0.5], std=[0.25])
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so train vs eval mode differ
+        model.net[1].running_mean.uniform_(-0.5, 0.5)
+        model.net[1].running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(96, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return list(x.split(size))
+
+
+def _direct(model: Classifier, x: torch.Tensor, other: Classifier | None = None, **options):
+    """CKA matrix from activations captured on the whole set at once, one pair at a time."""
+    other = model if other is None else other
+    model.eval()
+    other.eval()
+    _, rows = capture(model, x)
+    _, cols = capture(other, x)
+    return torch.tensor(
+        [[cka(a, b, **options) for b in cols.values()] for a in rows.values()],
+        dtype=torch.float64,
+    )
+
+
+def test_within_model_matrix_has_unit_diagonal_and_is_symmetric(images):
+    result = layer_cka(_toy_model(0), _batches(images, 32), progress=False)
+    matrix = result.matrix
+    assert matrix.shape == (len(TAPS), len(TAPS)) and matrix.dtype == torch.float64
+    assert torch.equal(matrix.diagonal(), torch.ones(len(TAPS), dtype=torch.float64))
+    torch.testing.assert_close(matrix, matrix.T, rtol=0, atol=1e-12)
+    assert result.row_taps == result.col_taps == tuple(TAPS)
+    assert (result.n_examples, result.n_batches) == (96, 3)
+    assert "unbiased" in result.estimator and "3 batches" in result.estimator
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_one_batch_equals_cka_of_activations_captured_on_the_full_set(images, unbiased):
+    model = _toy_model(0)
+    result = layer_cka(model, [images], unbiased=unbiased, progress=False)
+    expected = _direct(model, images, unbiased=unbiased)
+    torch.testing.assert_close(result.matrix, expected, rtol=0, atol=1e-10)
+    assert "exact" in result.estimator
+
+
+def test_minibatches_equal_the_accumulator_fed_by_hand(images):
+    model_a, model_b = _toy_model(0), _toy_model(1)
+    result = layer_cka(model_a, _batches(images, 24), model_b=model_b, pool=True, progress=False)
+    accumulator = MinibatchCKA(TAPS, TAPS)
+    model_a.eval()
+    model_b.eval()
+    for x in _batches(images, 24):
+        _, rows = capture(model_a, x)
+        _, cols = capture(model_b, x)
+        pooled = [{k: v.mean(dim=(2, 3)) if v.ndim == 4 else v for k, v in acts.items()}
+                  for acts in (rows, cols)]  # fmt: skip
+        accumulator.update(*pooled)
+    torch.testing.assert_close(result.matrix, accumulator.compute(), rtol=0, atol=1e-12)
+    assert "pooled" in result.estimator
+
+
+def test_a_model_against_its_copy_gives_the_within_model_matrix(images):
+    model = _toy_model(0)
+    within = layer_cka(model, _batches(images, 32), progress=False)
+    cross = layer_cka(model, _batches(images, 32), model_b=copy.deepcopy(model), progress=False)
+    torch.testing.assert_close(cross.matrix, within.matrix, rtol=0, atol=1e-10)
+
+
+def test_two_models_and_chosen_taps_give_a_rectangular_matrix(images):
+    result = layer_cka(
+        _toy_model(0),
+        [images],
+        model_b=_toy_model(1),
+        taps_b=["conv2", "logits"],
+        unbiased=False,
+        progress=False,
+    )
+    assert result.matrix.shape == (len(TAPS), 2) and result.col_taps == ("conv2", "logits")
+    assert (result.matrix < 0.999).all() and (result.matrix > 0).all()
+    torch.testing.assert_close(
+        result.matrix,
+        _direct(_toy_model(0), images, _toy_model(1), unbiased=False)[:, [3, 6]],
+        rtol=0,
+        atol=1e-10,
+    )
+
+
+def test_models_return_to_their_previous_modes_and_batchnorm_stats_are_untouched(images):
+    model_a, model_b = _toy_model(0), _toy_model(1)
+    model_a.train()
+    model_b.eval()
+    model_b.net[1].train()  # a mixed state must survive too
+    stats = model_a.net[1].running_mean.clone()
+    layer_cka(model_a, _batches(images, 32), model_b=model_b, progress=False)
+    assert all(module.training for module in model_a.modules())
+    assert not model_b.training and model_b.net[1].training and not model_b.net[0].training
+    assert torch.equal(model_a.net[1].running_mean, stats)
+
+
+def test_batches_are_produced_with_gradients_enabled(images):
+    """A generator of adversarial batches needs autograd while layer_cka consumes it."""
+    model = _toy_model(0)
+
+    def gradient_sign_batches():
+        for x in _batches(images, 32):
+            x = x.clone().requires_grad_(True)
+            loss = model(x).logsumexp(dim=1).sum()
+            (grad,) = torch.autograd.grad(loss, x)
+            yield (x + 0.1 * grad.sign()).clamp(0, 1).detach()
+
+    result = layer_cka(model, gradient_sign_batches(), progress=False)
+    assert result.n_batches == 3
+
+
+def test_a_second_input_stream_compares_clean_and_perturbed_inputs(images):
+    model = _toy_model(0)
+    same = layer_cka(model, _batches(images, 32), batches_b=_batches(images, 32), progress=False)
+    torch.testing.assert_close(same.matrix.diagonal(), torch.ones(len(TAPS), dtype=torch.float64))
+    noisy = [(x + 0.3 * torch.randn_like(x)).clamp(0, 1) for x in _batches(images, 32)]
+    shifted = layer_cka(model, _batches(images, 32), batches_b=noisy, progress=False)
+    assert (shifted.matrix.diagonal() < 0.99).all()
+    with pytest.raises(ReprlabError, match="batches_b"):
+        layer_cka(model, _batches(images, 32), batches_b=noisy[:2], progress=False)
+
+
+def test_user_mistakes_raise_one_clear_error(images):
+    model = _toy_model(0)
+    with pytest.raises(ReprlabError, match="unknown tap"):
+        layer_cka(model, [images], taps_a=["conv1", "fc9"], progress=False)
+    with pytest.raises(ReprlabError, match="image tensors"):
+        layer_cka(model, [(images, torch.zeros(96))], progress=False)
+    with pytest.raises(ReprlabError, match="at least 4 examples"):
+        layer_cka(model, _batches(images, 93), progress=False)  # last batch holds 3
+    with pytest.raises(ReprlabError, match="no batches"):
+        layer_cka(model, [], progress=False)
