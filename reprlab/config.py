@@ -122,7 +122,8 @@ class AttackSpec:
 def typed(node: Any, schema: type, where: str) -> Any:
     """Merge config ``node`` into dataclass ``schema``; return the dataclass instance.
 
-    Raises ReprlabError naming the offending key for a missing field, a wrong type or an unknown key.
+    Raises ReprlabError naming the offending key for a missing field, a wrong type or an unknown
+    key.
     """
     if node is None:
         raise ReprlabError(f"{where} is missing; pick an option for it on the command line")
@@ -149,7 +150,8 @@ def recipe(node: Any, where: str = "model") -> ModelRecipe:
     check_choice(f"{where}.train.schedule", t.schedule, SCHEDULES)
     if not all(0 < m < 1 for m in t.milestones):
         raise ReprlabError(
-            f"{where}.train.milestones={t.milestones} is invalid: use fractions of training in (0, 1)"
+            f"{where}.train.milestones={t.milestones} is invalid: "
+            "use fractions of training in (0, 1)"
         )
     bad = [e for e in spec.snapshot_epochs if not 1 <= e <= t.epochs]
     if bad:

@@ -3,8 +3,8 @@
 Two formats: a plain ``state_dict`` (ours, a bare network's, or DataParallel's ``module.``-prefixed
 one; optionally wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``) and the ``robustness``
 library's (Engstrom et al.): ``{"model": {"module.model.*", "module.attacker.model.*",
-"module.normalizer.new_mean/new_std"}, "epoch", "nat_prec1", "adv_prec1", ...}``. Files are read with
-``weights_only=True``; a checkpoint keeps its own normaliser when it carries one.
+"module.normalizer.new_mean/new_std"}, "epoch", "nat_prec1", "adv_prec1", ...}``. Files are read
+with ``weights_only=True``; a checkpoint keeps its own normaliser when it carries one.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from reprlab.errors import ReprlabError
 from reprlab.models.base import Classifier
-from reprlab.similarity import MinibatchCKA
+from reprlab.similarity import MinibatchCKA, gram_stack
 from reprlab.taps import TapRecorder
 
 
@@ -65,27 +65,6 @@ def _reduce(activation: torch.Tensor, pool: bool) -> torch.Tensor:
     return activation.flatten(1)
 
 
-def _batch_grams(
-    model: Classifier,
-    taps: Sequence[str],
-    x: torch.Tensor,
-    accumulator: MinibatchCKA,
-    *,
-    pool: bool,
-    columns: bool,
-) -> torch.Tensor:
-    """One forward pass of ``model`` on ``x``; return the Grams [len(taps), n, n] of its taps."""
-    if not isinstance(x, torch.Tensor):
-        raise ReprlabError(
-            f"CKA batches must be image tensors [n, c, h, w], got {type(x).__name__}; "
-            "pass (x for x, _ in loader) to drop labels"
-        )
-    with torch.no_grad(), TapRecorder(model, taps) as recorder:
-        _, activations = recorder.forward(x)
-    features = {name: _reduce(activation, pool) for name, activation in activations.items()}
-    return accumulator.grams(features, columns=columns)
-
-
 def _paired(
     batches: Iterable[torch.Tensor], batches_b: Iterable[torch.Tensor] | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -119,6 +98,123 @@ def _describe(
     return f"{kernel_text}, {hsic}, {batching}, {features} features"
 
 
+@dataclass(frozen=True)
+class Member:
+    """One model in a joint CKA computation: a label, the model and the taps to compare."""
+
+    label: str
+    model: Classifier
+    taps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JointCKA:
+    """CKA between every pair of taps of several models, accumulated over the same batches.
+
+    ``matrix`` [P, P] (float64, CPU) is ordered member by member, each member's taps in forward
+    order; :meth:`block` cuts out one member-vs-member matrix.
+    """
+
+    matrix: torch.Tensor
+    members: tuple[tuple[str, tuple[str, ...]], ...]
+    n_examples: int
+    n_batches: int
+    estimator: str
+
+    def block(self, row: str, col: str) -> LayerCKA:
+        """The [p, q] matrix of member ``row``'s taps (rows) against member ``col``'s (columns)."""
+        offsets, position = {}, 0
+        for label, taps in self.members:
+            offsets[label] = (position, taps)
+            position += len(taps)
+        (r0, rows), (c0, cols) = offsets[row], offsets[col]
+        return LayerCKA(
+            matrix=self.matrix[r0 : r0 + len(rows), c0 : c0 + len(cols)].clone(),
+            row_taps=rows,
+            col_taps=cols,
+            n_examples=self.n_examples,
+            n_batches=self.n_batches,
+            estimator=self.estimator,
+        )
+
+
+def joint_layer_cka(
+    members: Sequence[Member],
+    batches: Iterable[torch.Tensor | Sequence[torch.Tensor]],
+    *,
+    kernel: str = "linear",
+    unbiased: bool = True,
+    rbf_threshold: float = 1.0,
+    pool: bool = False,
+    progress: bool = True,
+) -> JointCKA:
+    """CKA between every pair of taps of all ``members``, in one pass over ``batches``.
+
+    Each batch is one image tensor [n, c, h, w] in [0, 1] fed to every member, or a sequence with
+    one tensor per member (e.g. each model's own adversarial examples of the same images; row i
+    of every tensor must come from the same source example). Per batch, each member runs one
+    forward pass in eval mode under ``torch.no_grad()`` and its taps are reduced to Grams at once;
+    the Grams of all members then feed one :class:`~reprlab.similarity.MinibatchCKA`, so the
+    within-model and cross-model blocks come from the same estimator and the same examples.
+    Memory is bounded by one batch's Grams ([P, n, n] float64). Train/eval flags are restored.
+    """
+    if not members:
+        raise ValueError("joint_layer_cka needs at least one member")
+    labels = [m.label for m in members]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"member labels must be distinct, got {labels}")
+    for member in members:
+        if not member.taps:
+            raise ReprlabError(f"no taps to compare for {member.label}; check the tap lists")
+        TapRecorder(member.model, member.taps)  # validates the tap names before any work
+    names = [f"{m.label}:{tap}" for m in members for tap in m.taps]
+    accumulator = MinibatchCKA(names, kernel=kernel, unbiased=unbiased, rbf_threshold=rbf_threshold)
+    total = len(batches) if isinstance(batches, Sized) else None
+    bar = tqdm(batches, total=total, disable=not progress, desc="layer CKA", unit="batch")
+    with _eval_mode(*(m.model for m in members)):
+        for batch in bar:
+            inputs = _per_member(batch, len(members))
+            grams = [
+                _member_grams(member, x, accumulator, pool=pool)
+                for member, x in zip(members, inputs, strict=True)
+            ]
+            accumulator.add_grams(torch.cat(grams))
+            del grams
+    matrix = accumulator.compute()
+    return JointCKA(
+        matrix=matrix,
+        members=tuple((m.label, tuple(m.taps)) for m in members),
+        n_examples=accumulator.n_examples,
+        n_batches=accumulator.n_batches,
+        estimator=_describe(
+            kernel, unbiased, rbf_threshold, pool, accumulator.n_batches, accumulator.n_examples
+        ),
+    )
+
+
+def _per_member(batch: torch.Tensor | Sequence[torch.Tensor], count: int) -> list[torch.Tensor]:
+    inputs = [batch] * count if isinstance(batch, torch.Tensor) else list(batch)
+    if len(inputs) != count or not all(
+        isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim >= 2 for x in inputs
+    ):
+        raise ReprlabError(
+            "CKA batches must be image tensors [n, c, h, w] (or a tuple with one per model); "
+            "pass (x for x, _ in loader) to drop labels"
+        )
+    return inputs
+
+
+def _member_grams(
+    member: Member, x: torch.Tensor, accumulator: MinibatchCKA, *, pool: bool
+) -> torch.Tensor:
+    """One forward pass of ``member`` on ``x``; the Grams [len(taps), n, n] of its taps."""
+    with torch.no_grad(), TapRecorder(member.model, member.taps) as recorder:
+        _, activations = recorder.forward(x)
+    features = [_reduce(activations[tap], pool) for tap in member.taps]
+    del activations
+    return gram_stack(features, kernel=accumulator.kernel, rbf_threshold=accumulator.rbf_threshold)
+
+
 def layer_cka(
     model_a: Classifier,
     batches: Iterable[torch.Tensor],
@@ -138,9 +234,7 @@ def layer_cka(
     Parameters
     ----------
     model_a, model_b:
-        Classifiers on the device of the batches. Both run in eval mode under ``torch.no_grad()``
-        for the forward passes only (a generator of adversarial batches may still use gradients);
-        every submodule's train/eval flag is restored afterwards.
+        Classifiers on the device of the batches, run as in :func:`joint_layer_cka`.
     batches:
         Iterable of image batches [n, c, h, w] in [0, 1], each n >= 4 for the unbiased estimator.
         A single batch holding the whole set gives the exact (full-data) estimator: Kornblith et
@@ -160,45 +254,27 @@ def layer_cka(
     With no second model, taps or stream, the matrix is within-model ([p, p], symmetric, unit
     diagonal) and each batch runs one forward pass and one set of Grams.
     """
-    within = model_b is None and taps_b is None and batches_b is None
+    rows = tuple(model_a.tap_names if taps_a is None else taps_a)
+    if model_b is None and taps_b is None and batches_b is None:
+        within = joint_layer_cka(
+            [Member("a", model_a, rows)],
+            batches,
+            kernel=kernel,
+            unbiased=unbiased,
+            rbf_threshold=rbf_threshold,
+            pool=pool,
+            progress=progress,
+        )
+        return within.block("a", "a")
     second = model_a if model_b is None else model_b
-    rows = list(model_a.tap_names if taps_a is None else taps_a)
-    cols = list(second.tap_names if taps_b is None else taps_b)
-    if not rows or not cols:
-        raise ReprlabError("layer CKA needs at least one tap per model; check the tap lists")
-    for model, taps in ((model_a, rows), (second, cols)):
-        TapRecorder(model, taps)  # validates the tap names before any work
-    accumulator = MinibatchCKA(
-        rows,
-        None if within else cols,
+    cols = tuple(second.tap_names if taps_b is None else taps_b)
+    joint = joint_layer_cka(
+        [Member("a", model_a, rows), Member("b", second, cols)],
+        _paired(batches, batches_b),
         kernel=kernel,
         unbiased=unbiased,
         rbf_threshold=rbf_threshold,
+        pool=pool,
+        progress=progress,
     )
-    total = len(batches) if isinstance(batches, Sized) else None
-    pairs = tqdm(
-        _paired(batches, batches_b),
-        total=total,
-        disable=not progress,
-        desc="layer CKA",
-        unit="batch",
-    )
-    with _eval_mode(model_a, second):
-        for x_a, x_b in pairs:
-            grams_a = _batch_grams(model_a, rows, x_a, accumulator, pool=pool, columns=False)
-            grams_b = None
-            if not within:
-                grams_b = _batch_grams(second, cols, x_b, accumulator, pool=pool, columns=True)
-            accumulator.add_grams(grams_a, grams_b)
-            del grams_a, grams_b  # free them before the next batch's forward pass
-    matrix = accumulator.compute()
-    return LayerCKA(
-        matrix=matrix,
-        row_taps=accumulator.row_names,
-        col_taps=accumulator.col_names,
-        n_examples=accumulator.n_examples,
-        n_batches=accumulator.n_batches,
-        estimator=_describe(
-            kernel, unbiased, rbf_threshold, pool, accumulator.n_batches, accumulator.n_examples
-        ),
-    )
+    return joint.block("a", "b")

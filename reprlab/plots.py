@@ -43,7 +43,7 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str) -> Figu
     loss_ax.set_ylabel("training loss")
     loss_ax.grid(alpha=0.3)
     names = (
-        ["train_acc"] + sorted(k for k in history[0] if k.startswith("eval_")) if history else []
+        ["train_acc", *sorted(k for k in history[0] if k.startswith("eval_"))] if history else []
     )
     for name in names:
         acc_ax.plot(epochs, [100 * r[name] for r in history], marker="o", label=name)
@@ -98,7 +98,7 @@ def cka_heatmap(
     column tap ``cols[j]`` (of ``col_model``, x axis).
     """
     side = min(10.0, 2.5 + 0.28 * max(len(rows), len(cols)))
-    figure, ax = plt.subplots(figsize=(side + 1.2, side))
+    figure, ax = plt.subplots(figsize=(side + 1.2, side + 0.4), layout="constrained")
     image = _draw_heatmap(ax, matrix, rows, cols, title, f"{col_model} layer", f"{row_model} layer")
     figure.colorbar(image, ax=ax, label="CKA")
     return figure
@@ -114,14 +114,20 @@ def cka_panels(
     size = max(max(len(p[1]), len(p[2])) for p in panels)
     side = min(7.0, 2.5 + 0.22 * size)
     figure, axes = plt.subplots(
-        1, len(panels), figsize=(side * len(panels) + 1.0, side + 0.6), squeeze=False
+        1,
+        len(panels),
+        figsize=(side * len(panels) + 1.5, side + 1.0),
+        squeeze=False,
+        layout="constrained",
     )
     image = None
-    for ax, (matrix, rows, cols, panel_title, row_model, col_model) in zip(axes[0], panels):
+    for ax, (matrix, rows, cols, panel_title, row_model, col_model) in zip(
+        axes[0], panels, strict=True
+    ):
         image = _draw_heatmap(
             ax, matrix, rows, cols, panel_title, f"{col_model} layer", f"{row_model} layer"
         )
-    figure.colorbar(image, ax=list(axes[0]), label="CKA", shrink=0.85)
+    figure.colorbar(image, ax=list(axes[0]), label="CKA", shrink=0.8)
     figure.suptitle(title, fontsize=9)
     return figure
 

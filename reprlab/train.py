@@ -93,7 +93,7 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Opt
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """The generator for the adversary's random starts in ``epoch`` (distinct per seed and epoch)."""
+    """The generator of the adversary's random starts in ``epoch`` (distinct per seed, epoch)."""
     generator = torch.Generator(device=device)
     generator.manual_seed(seed * 1_000_003 + epoch)
     return generator

@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from helpers import FAST, run_reprlab
 
-EVALUATE_FAST = [*FAST, "analysis=evaluate", "analysis.examples=100", "analysis.eps=[0.1]",
-                 "attack.steps=3"]
+EVALUATE_FAST = [
+    *FAST,
+    "analysis=evaluate",
+    "analysis.examples=100",
+    "analysis.eps=[0.1]",
+    "attack.steps=3",
+]
 
 
 def assert_one_line_error(result, *fragments: str) -> None:

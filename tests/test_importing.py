@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import FAST, run_reprlab
+
 from reprlab.errors import ReprlabError
 from reprlab.importing import classifier_state
 from reprlab.models import build_model
@@ -18,8 +18,9 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 def trained_like(arch: str = "resnet18", seed: int = 0):
     torch.manual_seed(seed)
-    model = build_model(arch, num_classes=10, in_channels=3, image_size=32,
-                        mean=CIFAR_MEAN, std=CIFAR_STD)
+    model = build_model(
+        arch, num_classes=10, in_channels=3, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD
+    )
     with torch.no_grad():  # move BatchNorm statistics away from their defaults
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -37,8 +38,14 @@ def robustness_checkpoint(model, mean, std) -> dict:
     state["module.normalizer.new_std"] = torch.tensor(std).view(3, 1, 1)
     state["module.attacker.normalize.new_mean"] = torch.tensor(mean).view(3, 1, 1)
     state["module.attacker.normalize.new_std"] = torch.tensor(std).view(3, 1, 1)
-    return {"model": state, "epoch": 150, "nat_prec1": 90.8, "adv_prec1": 70.2,
-            "optimizer": {}, "schedule": None}
+    return {
+        "model": state,
+        "epoch": 150,
+        "nat_prec1": 90.8,
+        "adv_prec1": 70.2,
+        "optimizer": {},
+        "schedule": None,
+    }
 
 
 def same_outputs(a, b) -> bool:
@@ -85,28 +92,45 @@ def test_checkpoint_of_another_architecture_is_refused() -> None:
 
 def test_cache_import_end_to_end(workdir: Path) -> None:
     torch.manual_seed(0)
-    source = build_model("cnn_small", num_classes=10, in_channels=1, image_size=16,
-                         mean=(0.5,), std=(0.25,))
+    source = build_model(
+        "cnn_small", num_classes=10, in_channels=1, image_size=16, mean=(0.5,), std=(0.25,)
+    )
     path = workdir / "external.pt"
     net = source.net.state_dict()
-    torch.save({"model": {**{f"module.model.{k}": v for k, v in net.items()},
-                          "module.normalizer.new_mean": torch.tensor([0.5]).view(1, 1, 1),
-                          "module.normalizer.new_std": torch.tensor([0.25]).view(1, 1, 1)},
-                "epoch": 7, "nat_prec1": 99.0}, path)
+    torch.save(
+        {
+            "model": {
+                **{f"module.model.{k}": v for k, v in net.items()},
+                "module.normalizer.new_mean": torch.tensor([0.5]).view(1, 1, 1),
+                "module.normalizer.new_std": torch.tensor([0.25]).view(1, 1, 1),
+            },
+            "epoch": 7,
+            "nat_prec1": 99.0,
+        },
+        path,
+    )
     result = run_reprlab("cache", "import", str(path), *FAST, "--format", "robustness", cwd=workdir)
     assert result.returncode == 0, result.stderr
     listed = run_reprlab("cache", "ls", cwd=workdir)
     assert "imported" in listed.stdout and "cnn_small" in listed.stdout
     # An analysis of that recipe now uses the imported weights instead of training.
-    run = run_reprlab("run", *FAST, "analysis=evaluate", "analysis.examples=50",
-                      "analysis.eps=[0.05]", "attack.steps=2", cwd=workdir)
+    run = run_reprlab(
+        "run",
+        *FAST,
+        "analysis=evaluate",
+        "analysis.examples=50",
+        "analysis.eps=[0.05]",
+        "attack.steps=2",
+        cwd=workdir,
+    )
     assert run.returncode == 0, run.stderr
     record = json.loads(next((workdir / "outputs" / "runs").rglob("run.json")).read_text())
     assert record["models"]["model"]["trained_now"] is False
 
     broken = workdir / "broken.pt"
     broken.write_bytes(b"garbage")
-    failed = run_reprlab("cache", "import", str(broken), "model=cnn_small", "dataset=synthetic",
-                         cwd=workdir)
+    failed = run_reprlab(
+        "cache", "import", str(broken), "model=cnn_small", "dataset=synthetic", cwd=workdir
+    )
     assert failed.returncode == 2 and "cannot load" in failed.stderr
     assert "Traceback" not in failed.stderr

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from reprlab.errors import ReprlabError
-from reprlab.layerwise import layer_cka
+from reprlab.layerwise import Member, joint_layer_cka, layer_cka
 from reprlab.models.base import Body, Classifier
 from reprlab.similarity import MinibatchCKA, cka
 from reprlab.taps import capture
@@ -169,3 +169,35 @@ def test_user_mistakes_raise_one_clear_error(images):
         layer_cka(model, _batches(images, 93), progress=False)  # last batch holds 3
     with pytest.raises(ReprlabError, match="no batches"):
         layer_cka(model, [], progress=False)
+
+
+def test_joint_blocks_equal_the_pairwise_matrices(images):
+    """One pass over three models gives every within- and cross-model block exactly."""
+    models = {name: _toy_model(seed) for name, seed in (("a", 0), ("b", 1), ("c", 2))}
+    members = [Member(name, model, tuple(model.tap_names)) for name, model in models.items()]
+    joint = joint_layer_cka(members, _batches(images, 32), progress=False)
+    assert joint.matrix.shape[0] == sum(len(m.taps) for m in members)
+    for row in models:
+        for col in models:
+            expected = layer_cka(
+                models[row],
+                _batches(images, 32),
+                model_b=None if row == col else models[col],
+                progress=False,
+            )
+            torch.testing.assert_close(joint.block(row, col).matrix, expected.matrix)
+
+
+def test_joint_members_can_see_their_own_inputs(images):
+    """Per-member inputs (e.g. each model's adversarial examples) pair rows by source image."""
+    model = _toy_model(0)
+    noisy = (images + 0.1 * torch.randn_like(images)).clamp(0, 1)
+    taps = tuple(model.tap_names)
+    pairs = list(zip(_batches(images, 32), _batches(noisy, 32), strict=True))
+    joint = joint_layer_cka(
+        [Member("clean", model, taps), Member("noisy", model, taps)], pairs, progress=False
+    )
+    expected = layer_cka(model, _batches(images, 32), batches_b=_batches(noisy, 32), progress=False)
+    torch.testing.assert_close(joint.block("clean", "noisy").matrix, expected.matrix)
+    with pytest.raises(ValueError, match="distinct"):
+        joint_layer_cka([Member("x", model, taps), Member("x", model, taps)], [images])

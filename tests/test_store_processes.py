@@ -10,20 +10,26 @@ import time
 from pathlib import Path
 
 import torch
-
 from helpers import FAST, reprlab_env, run_reprlab
 
 TRAIN = [*FAST, "analysis=train", "model=cnn_small_at", "model.adversary.steps=2"]
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "reprlab", "run", *args], cwd=cwd,
-                            env=reprlab_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reprlab", "run", *args],
+        cwd=cwd,
+        env=reprlab_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_records(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((root / "outputs" / "runs").rglob("run.json"))]
+    return [
+        json.loads(p.read_text()) for p in sorted((root / "outputs" / "runs").rglob("run.json"))
+    ]
 
 
 def test_two_concurrent_runs_train_the_model_once(workdir: Path) -> None:

@@ -39,7 +39,8 @@ def validate(cfg: DictConfig) -> None:
         values = radii(cfg)
     except (TypeError, ValueError):
         raise ReprlabError(
-            f"analysis.eps={analysis.eps} is invalid: give a list of radii, e.g. analysis.eps=[0.1,0.3]"
+            f"analysis.eps={analysis.eps} is invalid: give a list of radii, "
+            "e.g. analysis.eps=[0.1,0.3]"
         ) from None
     for value in values:
         check_non_negative("analysis.eps", value)

@@ -1,0 +1,86 @@
+"""``analysis=cka``: layer×layer CKA within ``model``, or between ``model`` and ``ref``.
+
+Within one model (Cianfarani et al. 2022, Fig. 1): the heatmap shows block structure in standard
+networks that robust training dissolves. With ``ref=<recipe>`` the heatmap compares the two
+models' layers, and the same-layer diagonal is drawn as a curve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from reprlab import plots
+from reprlab.analyses import cka_common as common
+from reprlab.context import RunContext
+from reprlab.layerwise import Member
+
+
+def validate(cfg: DictConfig) -> None:
+    common.validate_settings(cfg)
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    first = ctx.model("model")
+    second = ctx.model("ref") if cfg.get("ref") is not None else None
+    inputs = common.prepare_inputs(cfg, ctx)
+    if second is None:
+        label = first.label
+        members = [Member(label, first.model, common.taps_of(cfg, first.model))]
+        result = common.compute(cfg, ctx, members, inputs, target_index=0)
+        within = result.block(label, label)
+        common.write_matrix(
+            ctx,
+            f"cka_{label}",
+            within,
+            title=common.title(cfg, ctx, f"CKA within {label}", result, inputs),
+            row_model=label,
+            col_model=label,
+        )
+        summary = {
+            **common.summary_base(cfg, result, inputs),
+            "model": label,
+            "mean_off_diagonal": common.mean_off_diagonal(within.matrix),
+        }
+        ctx.run.write_json("cka", summary)
+        return summary
+
+    label_a, label_b = first.label, second.label
+    if label_a == label_b:
+        label_a, label_b = f"{label_a} (model)", f"{label_b} (ref)"
+    members = [
+        Member(label_a, first.model, common.taps_of(cfg, first.model)),
+        Member(label_b, second.model, common.taps_of(cfg, second.model)),
+    ]
+    result = common.compute(cfg, ctx, members, inputs, target_index=0)
+    cross = result.block(label_a, label_b)
+    name = f"cka_{first.label}_vs_{second.label}"
+    common.write_matrix(
+        ctx,
+        name,
+        cross,
+        title=common.title(cfg, ctx, f"CKA {label_a} vs {label_b}", result, inputs),
+        row_model=label_a,
+        col_model=label_b,
+    )
+    summary = {
+        **common.summary_base(cfg, result, inputs),
+        "model": first.label,
+        "ref": second.label,
+    }
+    taps, values = common.same_layer(cross)
+    if taps:
+        ctx.run.write_csv(f"{name}_same_layer", pd.DataFrame({"tap": taps, "cka": values}))
+        figure = plots.layer_curves(
+            {f"{label_a} vs {label_b}": values},
+            taps,
+            title=f"same-layer CKA · {ctx.dataset.name} · "
+            f"N={result.n_examples} · {inputs.description}",
+            ylabel="CKA",
+        )
+        ctx.run.save_figure(f"{name}_same_layer", figure)
+        summary["mean_same_layer"] = float(values.mean())
+    ctx.run.write_json("cka", summary)
+    return summary

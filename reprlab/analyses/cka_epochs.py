@@ -1,0 +1,91 @@
+"""``analysis=cka_epochs``: CKA of ``model`` across training, from its kept epoch snapshots.
+
+A within-model heatmap per epoch, and per layer the CKA of each epoch's representation with the
+final one (Cianfarani et al. 2022: robust overfitting mostly changes the deeper layers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from reprlab import plots
+from reprlab.analyses import cka_common as common
+from reprlab.context import RunContext
+from reprlab.errors import ReprlabError
+from reprlab.layerwise import Member
+
+
+def validate(cfg: DictConfig) -> None:
+    common.validate_settings(cfg)
+    epochs = cfg.analysis.epochs
+    if epochs is None:
+        return
+    kept = set(cfg.model.snapshot_epochs) | {cfg.model.train.epochs}
+    unknown = sorted(int(e) for e in epochs if int(e) not in kept)
+    if unknown:
+        raise ReprlabError(
+            f"analysis.epochs has {unknown}, which model.snapshot_epochs does not keep "
+            f"({sorted(kept)}); choose among those"
+        )
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    loaded = ctx.model("model")
+    final = loaded.recipe.train.epochs
+    kept = [e for e in loaded.entry.snapshot_epochs() if e != final]
+    wanted = kept if cfg.analysis.epochs is None else sorted({int(e) for e in cfg.analysis.epochs})
+    wanted = [e for e in wanted if e != final]
+    missing = [e for e in wanted if e not in kept]
+    if missing or not wanted:
+        raise ReprlabError(
+            f"{loaded.label} has no snapshot for epoch(s) {missing or 'any before the last'} "
+            f"(kept: {kept or 'none'}); choose from those, or retrain with "
+            f"model.snapshot_epochs=[...] after `reprlab cache rm {loaded.entry.key}`"
+        )
+    labels = [f"epoch {e}" for e in wanted] + [f"epoch {final} (final)"]
+    models = [ctx.load(loaded.recipe, loaded.entry.snapshot_path(e)) for e in wanted]
+    models.append(loaded.model)
+    taps = common.taps_of(cfg, loaded.model)
+    members = [Member(label, model, taps) for label, model in zip(labels, models, strict=True)]
+    inputs = common.prepare_inputs(cfg, ctx)
+    result = common.compute(cfg, ctx, members, inputs, target_index=len(members) - 1)
+
+    to_final = {}
+    summary: dict[str, Any] = {
+        **common.summary_base(cfg, result, inputs),
+        "model": loaded.label,
+        "epochs": [*wanted, final],
+    }
+    for epoch, label in zip([*wanted, final], labels, strict=True):
+        within = result.block(label, label)
+        common.write_matrix(
+            ctx,
+            f"cka_epoch_{epoch:03d}",
+            within,
+            title=common.title(cfg, ctx, f"CKA within {loaded.label}, {label}", result, inputs),
+            row_model=label,
+            col_model=label,
+        )
+        summary[f"mean_off_diagonal.epoch_{epoch}"] = common.mean_off_diagonal(within.matrix)
+        if epoch != final:
+            _, values = common.same_layer(result.block(label, labels[-1]))
+            to_final[label] = values
+            summary[f"mean_cka_to_final.epoch_{epoch}"] = float(values.mean())
+    table = pd.DataFrame(to_final, index=list(taps)).T
+    table.index.name = "epoch"
+    ctx.run.write_csv("cka_to_final", table, index=True)
+    ctx.run.save_figure(
+        "cka_to_final",
+        plots.layer_curves(
+            to_final,
+            list(taps),
+            ylabel=f"CKA with epoch {final}",
+            title=f"{loaded.label} across training · {ctx.dataset.name} · N={result.n_examples} · "
+            f"{inputs.description}",
+        ),
+    )
+    ctx.run.write_json("cka", summary)
+    return summary
