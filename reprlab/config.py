@@ -176,6 +176,11 @@ def attack_spec(node: Any, where: str = "attack") -> AttackSpec:
         check_positive(f"{where}.step_size", spec.step_size)
     check_non_negative(f"{where}.steps", spec.steps)
     check_positive(f"{where}.restarts", spec.restarts)
+    if spec.restarts > 1 and not spec.random_start:
+        raise ReprlabError(
+            f"{where}.restarts={spec.restarts} needs {where}.random_start=true "
+            "(restarts from the same start repeat one run)"
+        )
     check_choice(f"{where}.model_mode", spec.model_mode, ATTACK_MODES)
     return spec
 

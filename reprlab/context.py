@@ -15,7 +15,15 @@ import torch
 from omegaconf import DictConfig
 
 from reprlab.attacks import PGD
-from reprlab.config import AttackSpec, DatasetSpec, ModelRecipe, attack_spec, dataset_spec, recipe
+from reprlab.config import (
+    AdversarySpec,
+    AttackSpec,
+    DatasetSpec,
+    ModelRecipe,
+    attack_spec,
+    dataset_spec,
+    recipe,
+)
 from reprlab.data import DatasetInfo, dataset_info, make_loader
 from reprlab.errors import ReprlabError
 from reprlab.models import Classifier, build_model
@@ -28,24 +36,34 @@ from reprlab.train import TrainSettings, train_classifier
 log = logging.getLogger("reprlab")
 
 
-def make_attack(spec: AttackSpec | Any) -> PGD:
-    """The PGD attack of an attack spec or a recipe's adversary.
-
-    A missing step size defaults to 2.5·ε/steps (Madry et al.'s rule).
-    """
+def make_attack(spec: AttackSpec) -> PGD:
+    """The PGD attack an analysis uses; a missing step size is 2.5·ε/steps (Madry et al.)."""
     step_size = spec.step_size
     if step_size is None:
-        step_size = 2.5 * spec.eps / max(spec.steps, 1) if spec.eps > 0 else 1.0
+        step_size = 2.5 * spec.eps / spec.steps if spec.eps > 0 and spec.steps > 0 else 1.0
     return PGD(
         norm=spec.norm,
         eps=spec.eps,
         step_size=step_size,
         steps=spec.steps,
         random_start=spec.random_start,
-        restarts=getattr(spec, "restarts", 1),
-        targeted=getattr(spec, "targeted", False),
-        keep_best=getattr(spec, "keep_best", False),
-        model_mode=getattr(spec, "model_mode", "eval"),
+        restarts=spec.restarts,
+        targeted=spec.targeted,
+        keep_best=spec.keep_best,
+        model_mode=spec.model_mode,
+    )
+
+
+def make_adversary(spec: AdversarySpec) -> PGD:
+    """A recipe's training adversary: as Madry et al. train, the last iterate, in eval mode."""
+    return PGD(
+        norm=spec.norm,
+        eps=spec.eps,
+        step_size=spec.step_size,
+        steps=spec.steps,
+        random_start=spec.random_start,
+        keep_best=False,
+        model_mode="eval",
     )
 
 
@@ -194,7 +212,7 @@ class RunContext:
             schedule=train.schedule,
             milestones=tuple(train.milestones),
             gamma=train.gamma,
-            adversary=make_attack(spec.adversary) if spec.adversary is not None else None,
+            adversary=make_adversary(spec.adversary) if spec.adversary is not None else None,
             seed=spec.seed,
         )
         monitor = self.cfg.monitor

@@ -79,7 +79,8 @@ def main() -> None:
     args = parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
-    adversary = PGD(norm="linf", eps=8 / 255, step_size=2 / 255, steps=args.steps)
+    # As recipes train: the last iterate (Madry et al.), no keep-best bookkeeping.
+    adversary = PGD(norm="linf", eps=8 / 255, step_size=2 / 255, steps=args.steps, keep_best=False)
     print(
         f"device {device}, {args.arch} on {args.examples} images "
         f"{args.channels}x{args.image_size}x{args.image_size}, batch {args.batch_size}, "
