@@ -290,16 +290,14 @@ def cache_import(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from reprlab.report import gather_runs, print_table
-    from reprlab.store import atomic_write_text
+    from reprlab.report import gather_runs, print_table, write_report
 
     table = gather_runs(args.runs_dir)
     if table.empty:
         raise ReprlabError(f"no run.json under {args.runs_dir}; is it a runs directory?")
-    output = Path(args.output) if args.output else Path(args.runs_dir) / "report.csv"
-    atomic_write_text(output, table.to_csv(index=False))
+    written = write_report(args.runs_dir, table, "report")
     print_table(table)
-    print(f"\n{len(table)} runs -> {output}")
+    print(f"\n{len(table)} runs -> {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -351,7 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = commands.add_parser("report", help="gather many runs (a sweep) into one table")
     rep.add_argument("runs_dir", help="a sweep directory or any directory holding runs")
-    rep.add_argument("--output", help="CSV path (default: <runs_dir>/report.csv)")
     rep.set_defaults(handler=report)
 
     dl = commands.add_parser("download", help="fetch a dataset into the data root")

@@ -55,6 +55,48 @@ def gather_runs(root: str | Path) -> pd.DataFrame:
     return frame[leading + [c for c in frame.columns if c not in leading]]
 
 
+def accuracy_curves(root: str | Path) -> dict[str, tuple[list[float], list[float]]]:
+    """Accuracy-vs-ε curves of the ``evaluate`` runs under ``root``, labelled by model.
+
+    Labels get the run directory appended when two runs evaluate the same model.
+    """
+    root = Path(root)
+    found = []
+    for table_path in sorted(root.rglob("accuracy.csv")):
+        try:
+            record = json.loads((table_path.parent / "run.json").read_text())
+            table = pd.read_csv(table_path)
+        except (OSError, json.JSONDecodeError, pd.errors.ParserError):
+            continue
+        model = record.get("models", {}).get("model", {}).get("name", "?")
+        found.append((model, str(table_path.parent.relative_to(root)), table))
+    names = [model for model, _, _ in found]
+    return {
+        (model if names.count(model) == 1 else f"{model} ({where})"): (
+            table.eps.tolist(),
+            table.accuracy.tolist(),
+        )
+        for model, where, table in found
+    }
+
+
+def write_report(root: str | Path, table: pd.DataFrame, name: str) -> list[Path]:
+    """Write ``<name>.csv`` into ``root``, and ``accuracy_vs_eps.png`` when it holds evaluate
+    runs; return the paths written."""
+    from reprlab import plots
+    from reprlab.runs import RunDirectory
+
+    directory = RunDirectory(root)
+    written = [directory.write_csv(name, table)]
+    curves = accuracy_curves(root)
+    if curves:
+        figure = plots.accuracy_vs_eps(
+            curves, title=f"PGD accuracy · {Path(root).name}", xlabel="ε (pixel units)"
+        )
+        written.append(directory.save_figure("accuracy_vs_eps", figure))
+    return written
+
+
 def print_table(frame: pd.DataFrame) -> None:
     """Print ``frame`` as an aligned text table (floats to 4 decimals)."""
     with pd.option_context("display.max_columns", None, "display.width", 200):

@@ -175,12 +175,12 @@ class SweepSummary(_HydraCallback):
     """Hydra callback: after a sweep, gather its jobs' results into ``summary.csv`` and print it."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from reprlab.report import gather_runs, print_table
+        from reprlab.report import gather_runs, print_table, write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
         table = gather_runs(sweep_dir)
         if table.empty:
             return
-        atomic_write_text(sweep_dir / "summary.csv", table.to_csv(index=False))
-        print(f"\nSweep summary ({len(table)} runs) -> {sweep_dir / 'summary.csv'}")
+        written = write_report(sweep_dir, table, "summary")
+        print(f"\nSweep summary ({len(table)} runs) -> {', '.join(str(p) for p in written)}")
         print_table(table)

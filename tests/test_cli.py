@@ -103,6 +103,7 @@ def test_sweep_writes_one_directory_per_job_and_a_summary(workdir: Path) -> None
     summary = pd.read_csv(sweep / "summary.csv")
     assert len(summary) == 2 and set(summary.status) == {"completed"}
     assert "clean_acc" in summary.columns and "robust_acc" in summary.columns
+    assert (sweep / "accuracy_vs_eps.png").exists(), "one figure with every job's curve"
 
     report = run_reprlab("report", str(sweep), cwd=workdir)
     assert report.returncode == 0, report.stderr
