@@ -205,6 +205,7 @@ def validate(cfg: DictConfig) -> None:
     from reprlab.analyses import get_analysis
     from reprlab.data import check_available
     from reprlab.models import available_archs
+    from reprlab.runtime import resolve_device
 
     dataset = dataset_spec(cfg.get("dataset"))
     for where in ("model", "ref"):
@@ -212,7 +213,7 @@ def validate(cfg: DictConfig) -> None:
             spec = recipe(cfg[where], where)
             check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
     attack_spec(cfg.get("attack"))
-    check_choice("device", str(cfg.device).split(":")[0], ("auto", "cpu", "cuda", "mps"))
+    resolve_device(str(cfg.device))
     analysis = cfg.get("analysis")
     if analysis is None or "name" not in analysis:
         raise ReprlabError("no analysis chosen; pick one, e.g. analysis=evaluate")

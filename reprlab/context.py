@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from reprlab.attacks import PGD
+from reprlab.attacks import PGD, robust_accuracy
 from reprlab.config import (
     AdversarySpec,
     AttackSpec,
@@ -85,16 +85,20 @@ def describe_adversary(spec: ModelRecipe) -> str:
 
 
 def build_for(spec: ModelRecipe, info: DatasetInfo) -> Classifier:
-    """A freshly initialised model of ``spec``'s architecture for dataset ``info``, seeded."""
-    torch.manual_seed(spec.seed)
-    return build_model(
-        spec.arch,
-        num_classes=info.num_classes,
-        in_channels=info.channels,
-        image_size=info.image_size,
-        mean=info.mean,
-        std=info.std,
-    )
+    """A freshly initialised model of ``spec``'s architecture for dataset ``info``.
+
+    The initialisation is drawn with ``spec.seed`` without touching the global RNG.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        return build_model(
+            spec.arch,
+            num_classes=info.num_classes,
+            in_channels=info.channels,
+            image_size=info.image_size,
+            mean=info.mean,
+            std=info.std,
+        )
 
 
 @dataclass
@@ -217,18 +221,17 @@ class RunContext:
         )
         monitor = self.cfg.monitor
         monitor_loader = self.test_loader(int(monitor.examples), int(monitor.batch_size))
-        monitor_spec = replace(attack_spec(self.cfg.attack), steps=int(monitor.attack_steps))
-        monitor_attack = make_attack(replace(monitor_spec, step_size=None))
+        monitor_attack = make_attack(
+            replace(attack_spec(self.cfg.attack), steps=int(monitor.attack_steps), step_size=None)
+        )
 
         def evaluate(net: torch.nn.Module, epoch: int) -> dict[str, float]:
-            from reprlab.attacks import robust_accuracy
-
             batches = list(monitor_loader.epoch(0))
             generator = torch.Generator(device=self.device).manual_seed(self.seed)
             return {
-                "eval_clean_acc": robust_accuracy(net, batches, None),
+                "eval_clean_acc": robust_accuracy(net, batches, None, progress=False),
                 f"eval_pgd{monitor_attack.steps}_acc": robust_accuracy(
-                    net, batches, monitor_attack, generator=generator
+                    net, batches, monitor_attack, generator=generator, progress=False
                 ),
             }
 

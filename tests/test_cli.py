@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from helpers import FAST, run_reprlab
 
 EVALUATE_FAST = [
@@ -41,6 +42,12 @@ def assert_one_line_error(result, *fragments: str) -> None:
         (["dataset=cifar10"], ["cifar10", "reprlab download cifar10"]),
         (["-m", "dataset=synthetic", "attack.eps=0.1,-1"], ["sweep job", "attack.eps=-1.0"]),
         (["model=cnn_small,resnet19", "-m"], ["unknown model 'resnet19'"]),
+        pytest.param(
+            ["device=cuda"],
+            ["CUDA is not available"],
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
+        (["analysis=cka", "analysis.taps=[conv1,conv9]"], ["analysis.taps", "conv9"]),
     ],
 )
 def test_user_errors_print_one_line_and_write_nothing(workdir: Path, args, fragments) -> None:

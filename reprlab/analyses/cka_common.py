@@ -17,8 +17,9 @@ from omegaconf import DictConfig
 
 from reprlab import plots
 from reprlab.attacks import PGD
-from reprlab.config import check_choice, check_positive
-from reprlab.context import RunContext
+from reprlab.config import check_choice, check_positive, recipe
+from reprlab.context import RunContext, build_for
+from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.layerwise import JointCKA, LayerCKA, Member, joint_layer_cka
 from reprlab.models import Classifier
@@ -53,6 +54,11 @@ def validate_settings(cfg: DictConfig) -> None:
     check_choice("analysis.features", a.features, FEATURES)
     check_choice("analysis.inputs", a.inputs, INPUTS)
     check_choice("analysis.attack_target", a.attack_target, ATTACK_TARGETS)
+    if a.taps is not None:
+        info = dataset_info(cfg.dataset.name)
+        for where in ("model", "ref"):
+            if cfg.get(where) is not None:
+                taps_of(cfg, build_for(recipe(cfg[where], where), info))
 
 
 def taps_of(cfg: DictConfig, model: Classifier) -> tuple[str, ...]:

@@ -19,14 +19,15 @@ DEFAULT_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 
 
 def radii(cfg: DictConfig) -> list[float]:
-    """The radii to evaluate: ``analysis.eps`` or fractions of ``attack.eps``; always with 0."""
+    """The radii to evaluate: ``analysis.eps`` or fractions of ``attack.eps``; always with 0 and
+    ``attack.eps`` itself (the summary's robust accuracy)."""
     base = float(cfg.attack.eps)
     values = cfg.analysis.eps
     if values is None:
         values = [f * base for f in DEFAULT_FRACTIONS]
     elif isinstance(values, (int, float)):
         values = [values]
-    radii = sorted({0.0, *(float(v) for v in values)})
+    radii = sorted({0.0, base, *(float(v) for v in values)})
     return radii
 
 
@@ -56,7 +57,9 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     for eps in radii(cfg):
         attack = make_attack(replace(spec, eps=eps)) if eps > 0 else None
         generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
-        accuracy = robust_accuracy(loaded.model, batches, attack, generator=generator)
+        accuracy = robust_accuracy(
+            loaded.model, batches, attack, generator=generator, progress=ctx.progress
+        )
         rows.append(
             {
                 "eps": eps,
