@@ -21,34 +21,11 @@ from reprlab.errors import ReprlabError
 EXIT_USER_ERROR = 2
 
 # Hydra flags after which nothing runs: no validation needed (or possible, for --help).
-_INFO_FLAGS = {
-    "--help",
-    "-h",
-    "--hydra-help",
-    "--version",
-    "--cfg",
-    "-c",
-    "--info",
-    "-i",
-    "--shell-completion",
-    "-sc",
-}
-# Hydra flags that take a value in the next argument.
-_VALUE_FLAGS = {
-    "--cfg",
-    "-c",
-    "--package",
-    "-p",
-    "--info",
-    "-i",
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--experimental-rerun",
-}
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i",
+               "--shell-completion", "-sc"}  # fmt: skip
+# Hydra flags whose value is the next argument.
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--experimental-rerun"}  # fmt: skip
 
 
 def _debug() -> bool:
@@ -68,22 +45,14 @@ def split_hydra_args(args: Sequence[str]) -> tuple[list[str], bool, bool]:
     """(overrides, multirun, info_only) from the arguments given after ``run``."""
     overrides: list[str] = []
     multirun = info_only = False
-    skip_next = False
-    for arg in args:
-        if skip_next:
-            skip_next = False
-            continue
+    arguments = iter(args)
+    for arg in arguments:
         flag = arg.split("=", 1)[0]
-        if flag in ("-m", "--multirun"):
-            multirun = True
-        elif flag in _INFO_FLAGS:
-            info_only = True
-            skip_next = flag in _VALUE_FLAGS and "=" not in arg and flag not in ("--info", "-i")
-        elif flag in _VALUE_FLAGS:
-            skip_next = "=" not in arg
-        elif arg.startswith("-"):
-            continue
-        else:
+        multirun = multirun or flag in ("-m", "--multirun")
+        info_only = info_only or flag in _INFO_FLAGS
+        if flag in _VALUE_FLAGS and "=" not in arg:
+            next(arguments, None)
+        elif not arg.startswith("-"):
             overrides.append(arg)
     return overrides, multirun, info_only
 
