@@ -255,26 +255,19 @@ def layer_cka(
     diagonal) and each batch runs one forward pass and one set of Grams.
     """
     rows = tuple(model_a.tap_names if taps_a is None else taps_a)
-    if model_b is None and taps_b is None and batches_b is None:
-        within = joint_layer_cka(
-            [Member("a", model_a, rows)],
-            batches,
-            kernel=kernel,
-            unbiased=unbiased,
-            rbf_threshold=rbf_threshold,
-            pool=pool,
-            progress=progress,
-        )
-        return within.block("a", "a")
-    second = model_a if model_b is None else model_b
-    cols = tuple(second.tap_names if taps_b is None else taps_b)
+    members = [Member("a", model_a, rows)]
+    stream: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = batches
+    if model_b is not None or taps_b is not None or batches_b is not None:
+        second = model_a if model_b is None else model_b
+        members.append(Member("b", second, tuple(second.tap_names if taps_b is None else taps_b)))
+        stream = _paired(batches, batches_b)
     joint = joint_layer_cka(
-        [Member("a", model_a, rows), Member("b", second, cols)],
-        _paired(batches, batches_b),
+        members,
+        stream,
         kernel=kernel,
         unbiased=unbiased,
         rbf_threshold=rbf_threshold,
         pool=pool,
         progress=progress,
     )
-    return joint.block("a", "b")
+    return joint.block("a", members[-1].label)
