@@ -40,7 +40,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             col_model=label,
         )
         summary = {
-            **common.summary_base(cfg, result, inputs),
+            **common.summary_base(result, inputs),
             "model": label,
             "mean_off_diagonal": common.mean_off_diagonal(within.matrix),
         }
@@ -66,7 +66,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         col_model=label_b,
     )
     summary = {
-        **common.summary_base(cfg, result, inputs),
+        **common.summary_base(result, inputs),
         "model": first.label,
         "ref": second.label,
     }

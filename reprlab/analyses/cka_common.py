@@ -213,7 +213,8 @@ def title(
     )
 
 
-def summary_base(cfg: DictConfig, result: JointCKA | LayerCKA, inputs: Inputs) -> dict[str, Any]:
+def summary_base(result: JointCKA | LayerCKA, inputs: Inputs) -> dict[str, Any]:
+    """The summary fields every CKA analysis reports: sample, batching, estimator, inputs."""
     return {
         "examples": result.n_examples,
         "batches": result.n_batches,

@@ -55,7 +55,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
 
     to_final = {}
     summary: dict[str, Any] = {
-        **common.summary_base(cfg, result, inputs),
+        **common.summary_base(result, inputs),
         "model": loaded.label,
         "epochs": [*wanted, final],
     }

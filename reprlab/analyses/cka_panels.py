@@ -60,7 +60,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
 
     cross = blocks["cross"][0]
     summary = {
-        **common.summary_base(cfg, result, inputs),
+        **common.summary_base(result, inputs),
         "model": robust.label,
         "ref": standard.label,
         "mean_off_diagonal_ref": common.mean_off_diagonal(blocks["ref"][0].matrix),
