@@ -112,7 +112,7 @@ def preflight(overrides: Sequence[str], multirun: bool) -> None:
     """Compose and validate every job of the run; raise ReprlabError on the first problem."""
     from hydra.errors import HydraException
 
-    from reprlab.config import validate
+    from reprlab.analyses import validate_run
 
     try:
         check_group_choices(overrides)
@@ -121,7 +121,7 @@ def preflight(overrides: Sequence[str], multirun: bool) -> None:
         raise ReprlabError(str(err).splitlines()[0]) from None
     for job in jobs:
         try:
-            validate(compose_config(job))
+            validate_run(compose_config(job))
         except ReprlabError as err:
             prefix = f"in sweep job [{' '.join(job)}]: " if multirun and len(jobs) > 1 else ""
             raise ReprlabError(f"{prefix}{err}") from None
@@ -183,9 +183,19 @@ def run_command(args: Sequence[str]) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from reprlab.store import ModelStore
+    from reprlab.store import ArtifactStore
 
-    return ModelStore(args.store)
+    return ArtifactStore(args.store)
+
+
+def _adversary_text(recipe: dict[str, Any]) -> str | None:
+    """A stored recipe's training adversary as text (None for artifacts that are not models)."""
+    if not recipe:
+        return None
+    adversary = recipe.get("adversary")
+    if not adversary:
+        return "standard"
+    return f"{adversary['norm']} {adversary['eps']:.4g} x{adversary['steps']}"
 
 
 def cache_ls(args: argparse.Namespace) -> int:
@@ -197,18 +207,16 @@ def cache_ls(args: argparse.Namespace) -> int:
     for key, meta, status in _store(args).entries():
         meta = meta or {}
         recipe = meta.get("recipe", {})
-        adversary = recipe.get("adversary")
         final = meta.get("final", {})
         rows.append(
             {
                 "key": key,
+                "kind": meta.get("kind", "model"),
                 "status": status,
-                "recipe": recipe.get("name"),
+                "name": recipe.get("name", meta.get("label")),
                 "arch": recipe.get("arch"),
                 "dataset": meta.get("dataset"),
-                "adversary": "standard"
-                if not adversary
-                else f"{adversary['norm']} {adversary['eps']:.4g} x{adversary['steps']}",
+                "adversary": _adversary_text(recipe),
                 "epochs": meta.get("epochs_trained"),
                 "clean_acc": final.get("eval_clean_acc"),
                 "pgd_acc": next((v for k, v in final.items() if k.startswith("eval_pgd")), None),

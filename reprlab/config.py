@@ -15,13 +15,12 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from reprlab.attacks import MODEL_MODES, NORMS
 from reprlab.errors import ReprlabError
 
 GROUPS = ("dataset", "model", "attack", "analysis", "ref", "experiment")
 """Config groups a user picks options from; ``ref`` offers the same options as ``model``."""
 
-NORMS = ("linf", "l2")
-ATTACK_MODES = ("eval", "train", "keep")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "cosine", "constant")
 
@@ -181,7 +180,7 @@ def attack_spec(node: Any, where: str = "attack") -> AttackSpec:
             f"{where}.restarts={spec.restarts} needs {where}.random_start=true "
             "(restarts from the same start repeat one run)"
         )
-    check_choice(f"{where}.model_mode", spec.model_mode, ATTACK_MODES)
+    check_choice(f"{where}.model_mode", spec.model_mode, MODEL_MODES)
     return spec
 
 
@@ -197,17 +196,16 @@ def dataset_spec(node: Any) -> DatasetSpec:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check a composed run config; raise ReprlabError (one line) on the first problem found.
+    """Check what every run shares; raise ReprlabError (one line) on the first problem found.
 
-    Checks the model (and ref) recipes, the dataset (and that its files are present), the attack,
-    the top-level settings and the analysis's own parameters.
+    Checks the model (and ref) recipes, the dataset, the attack and the top-level settings. The
+    analysis's own parameters are its runner's schema and the dataset's files are checked by
+    :func:`check_data`; :func:`reprlab.analyses.validate_run` calls all three.
     """
-    from reprlab.analyses import get_analysis
-    from reprlab.data import check_available
     from reprlab.models import available_archs
     from reprlab.runtime import resolve_device
 
-    dataset = dataset_spec(cfg.get("dataset"))
+    dataset_spec(cfg.get("dataset"))
     for where in ("model", "ref"):
         if cfg.get(where) is not None:
             spec = recipe(cfg[where], where)
@@ -217,7 +215,13 @@ def validate(cfg: DictConfig) -> None:
     analysis = cfg.get("analysis")
     if analysis is None or "name" not in analysis:
         raise ReprlabError("no analysis chosen; pick one, e.g. analysis=evaluate")
-    get_analysis(analysis.name).validate(cfg)
+
+
+def check_data(cfg: DictConfig) -> None:
+    """Raise ReprlabError (one line, with the remedy) unless the dataset's files are on disk."""
+    from reprlab.data import check_available
+
+    dataset = dataset_spec(cfg.get("dataset"))
     check_available(dataset.name, dataset.root)
 
 

@@ -1,12 +1,15 @@
-"""What a runner gets besides its config: models from the store, data, attacks, the run directory.
+"""What a runner gets besides its config: models and artifacts from the store, data, the attack,
+the run directory.
 
-This is the glue between config and computation: it reads the run's config, fetches or trains
-models through the store, and hands plain tensors, modules and numbers to computation modules.
+The run context is the one place a runner asks for services. It knows where things live and how
+to obtain them (store hit, or train once under the store's lock); what a recipe means is
+:mod:`reprlab.recipes`, how a model is trained is :mod:`reprlab.training`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,91 +17,26 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from reprlab.attacks import PGD, robust_accuracy
-from reprlab.config import (
-    AdversarySpec,
-    AttackSpec,
-    DatasetSpec,
-    ModelRecipe,
-    attack_spec,
-    dataset_spec,
-    recipe,
-)
+from reprlab.attacks import PGD
+from reprlab.config import DatasetSpec, ModelRecipe, attack_spec, dataset_spec, recipe
 from reprlab.data import DatasetInfo, dataset_info, make_loader
 from reprlab.errors import ReprlabError
-from reprlab.models import Classifier, build_model
+from reprlab.models import Classifier
+from reprlab.recipes import build_for, make_attack, model_identity
 from reprlab.runs import RunDirectory
-from reprlab.runtime import resolve_device
-from reprlab.store import ModelStore, StoredModel, TrainingFiles, load_weights, store_key
-from reprlab.train import EpochBatches as Batches
-from reprlab.train import TrainSettings, train_classifier
+from reprlab.runtime import resolve_device, seeded_generator
+from reprlab.store import (
+    ArtifactStore,
+    Payload,
+    StoredArtifact,
+    TrainingFiles,
+    load_weights,
+    store_key,
+)
+from reprlab.train import EpochBatches
+from reprlab.training import Monitor, train_recipe
 
 log = logging.getLogger("reprlab")
-
-
-def make_attack(spec: AttackSpec) -> PGD:
-    """The PGD attack an analysis uses; a missing step size is 2.5·ε/steps (Madry et al.)."""
-    step_size = spec.step_size
-    if step_size is None:
-        step_size = 2.5 * spec.eps / spec.steps if spec.eps > 0 and spec.steps > 0 else 1.0
-    return PGD(
-        norm=spec.norm,
-        eps=spec.eps,
-        step_size=step_size,
-        steps=spec.steps,
-        random_start=spec.random_start,
-        restarts=spec.restarts,
-        targeted=spec.targeted,
-        keep_best=spec.keep_best,
-        model_mode=spec.model_mode,
-    )
-
-
-def make_adversary(spec: AdversarySpec) -> PGD:
-    """A recipe's training adversary: as Madry et al. train, the last iterate, in eval mode."""
-    return PGD(
-        norm=spec.norm,
-        eps=spec.eps,
-        step_size=spec.step_size,
-        steps=spec.steps,
-        random_start=spec.random_start,
-        keep_best=False,
-        model_mode="eval",
-    )
-
-
-def model_identity(spec: ModelRecipe, dataset: DatasetSpec) -> dict[str, Any]:
-    """The fields that determine a model's weights: its store key is a hash of exactly these."""
-    return {
-        "arch": spec.arch,
-        "seed": spec.seed,
-        "dataset": {"name": dataset.name, "train_limit": dataset.train_limit},
-        "train": asdict(spec.train),
-        "adversary": asdict(spec.adversary) if spec.adversary is not None else None,
-    }
-
-
-def describe_adversary(spec: ModelRecipe) -> str:
-    """Short text for a recipe's training adversary, e.g. ``linf 0.0314 x10`` or ``standard``."""
-    a = spec.adversary
-    return "standard" if a is None else f"{a.norm} {a.eps:.4g} x{a.steps}"
-
-
-def build_for(spec: ModelRecipe, info: DatasetInfo) -> Classifier:
-    """A freshly initialised model of ``spec``'s architecture for dataset ``info``.
-
-    The initialisation is drawn with ``spec.seed`` without touching the global RNG.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        return build_model(
-            spec.arch,
-            num_classes=info.num_classes,
-            in_channels=info.channels,
-            image_size=info.image_size,
-            mean=info.mean,
-            std=info.std,
-        )
 
 
 @dataclass
@@ -107,15 +45,19 @@ class LoadedModel:
 
     model: Classifier
     recipe: ModelRecipe
-    entry: StoredModel
+    entry: StoredArtifact
 
     @property
     def label(self) -> str:
         return self.recipe.name
 
+    @property
+    def key(self) -> str:
+        return self.entry.key
+
 
 class RunContext:
-    """Services for one run: device, dataset, model store and the run directory."""
+    """Services for one run: device, dataset, artifact store and the run directory."""
 
     def __init__(self, cfg: DictConfig, run: RunDirectory) -> None:
         self.cfg = cfg
@@ -123,9 +65,10 @@ class RunContext:
         self.device = resolve_device(str(cfg.device))
         self.dataset: DatasetSpec = dataset_spec(cfg.dataset)
         self.info: DatasetInfo = dataset_info(self.dataset.name)
-        self.store = ModelStore(cfg.paths.store)
+        self.store = ArtifactStore(cfg.paths.store)
         self.progress = bool(cfg.progress)
         self.seed = int(cfg.seed)
+        self.num_workers = int(cfg.num_workers)
 
     # --- models --------------------------------------------------------------------------
 
@@ -146,6 +89,7 @@ class RunContext:
         identity = model_identity(spec, self.dataset)
         key = store_key(identity)
         meta = {
+            "kind": "model",
             "recipe": asdict(spec),
             "dataset": self.dataset.name,
             "identity": identity,
@@ -156,7 +100,7 @@ class RunContext:
         entry, trained = self.store.obtain(
             key,
             meta,
-            train=lambda files: self._train(spec, files),
+            lambda files: self._train(spec, files),
             on_wait=lambda: log.info(
                 "waiting for another process training %s (%s)", spec.name, key
             ),
@@ -164,7 +108,7 @@ class RunContext:
         if not trained:
             log.info("model %s: found in store (%s)", spec.name, key)
         self.run.update(models={where: {"name": spec.name, "key": key, "trained_now": trained}})
-        model = self.load(spec, entry.weights_path)
+        model = self.load(spec, entry.payload_path)
         return LoadedModel(model=model, recipe=spec, entry=entry)
 
     def load(self, spec: ModelRecipe, weights: Path) -> Classifier:
@@ -180,102 +124,92 @@ class RunContext:
         return model.to(self.device).eval()
 
     def _train(self, spec: ModelRecipe, files: TrainingFiles) -> tuple[dict, dict]:
-        """Train ``spec`` into store entry ``files`` (resuming a checkpoint if one is there)."""
-        log.info(
-            "model %s: training (%s, %d epochs)",
-            spec.name,
-            describe_adversary(spec),
-            spec.train.epochs,
-        )
-        model = self.build(spec)
-        train = spec.train
-        loader = make_loader(
-            self.dataset.name,
-            self.dataset.root,
-            "train",
-            batch_size=train.batch_size,
-            train=True,
-            augment=train.augment,
-            seed=spec.seed,
-            device=self.device,
-            limit=self.dataset.train_limit,
-            num_workers=int(self.cfg.num_workers),
-        )
-        if len(loader) == 0:
-            raise ReprlabError(
-                f"fewer training images than model.train.batch_size={train.batch_size}; "
-                "lower the batch size or raise dataset.train_limit"
-            )
-        settings = TrainSettings(
-            epochs=train.epochs,
-            optimizer=train.optimizer,
-            lr=train.lr,
-            momentum=train.momentum,
-            nesterov=train.nesterov,
-            weight_decay=train.weight_decay,
-            schedule=train.schedule,
-            milestones=tuple(train.milestones),
-            gamma=train.gamma,
-            adversary=make_adversary(spec.adversary) if spec.adversary is not None else None,
-            seed=spec.seed,
-        )
         monitor = self.cfg.monitor
-        monitor_loader = self.test_loader(int(monitor.examples), int(monitor.batch_size))
-        monitor_attack = make_attack(
+        attack = make_attack(
             replace(attack_spec(self.cfg.attack), steps=int(monitor.attack_steps), step_size=None)
         )
-
-        def evaluate(net: torch.nn.Module, epoch: int) -> dict[str, float]:
-            batches = list(monitor_loader.epoch(0))
-            generator = torch.Generator(device=self.device).manual_seed(self.seed)
-            return {
-                "eval_clean_acc": robust_accuracy(net, batches, None, progress=False),
-                f"eval_pgd{monitor_attack.steps}_acc": robust_accuracy(
-                    net, batches, monitor_attack, generator=generator, progress=False
-                ),
-            }
-
-        snapshots = set(spec.snapshot_epochs)
-
-        def on_epoch_end(state: dict[str, Any], record: dict[str, Any]) -> None:
-            files.save_checkpoint(state)
-            files.write_metrics(state["history"])
-            if record["epoch"] in snapshots:
-                files.save_snapshot(record["epoch"], state["model"])
-
-        resume = files.load_checkpoint()
-        if resume is not None:
-            log.info("model %s: resuming after epoch %d", spec.name, resume["epoch"])
-        history = train_classifier(
-            model,
-            loader,
-            settings,
+        self.run.update(seeds={"eval_sample": self.seed})
+        return train_recipe(
+            spec,
+            self.dataset,
+            self.info,
+            files,
             device=self.device,
-            evaluate=evaluate,
-            resume=resume,
-            on_epoch_end=on_epoch_end,
+            monitor=Monitor(
+                examples=int(monitor.examples),
+                batch_size=int(monitor.batch_size),
+                attack=attack,
+                seed=self.seed,
+            ),
+            num_workers=self.num_workers,
             progress=self.progress,
         )
-        summary = {"final": history[-1] if history else {}, "epochs_trained": len(history)}
-        return model.state_dict(), summary
+
+    # --- other artifacts -----------------------------------------------------------------
+
+    def artifact(
+        self,
+        kind: str,
+        identity: dict[str, Any],
+        produce: Callable[[TrainingFiles], tuple[Payload, dict[str, Any]]],
+        *,
+        label: str,
+    ) -> tuple[StoredArtifact, bool]:
+        """The stored artifact of ``kind`` determined by ``identity``, produced once if missing.
+
+        ``identity`` holds exactly what determines the artifact, including the store keys of the
+        models it is trained against (e.g. ``{"front": key_a, "end": key_b, "tap": ..., ...}``).
+        ``produce(files)`` trains or computes it (resuming from ``files.load_checkpoint()``) and
+        returns (payload, summary). Recorded in run.json under ``artifacts.<label>``. Returns
+        (entry, whether it was produced now).
+        """
+        identity = {"kind": kind, **identity}
+        key = store_key(identity)
+        meta = {
+            "kind": kind,
+            "label": label,
+            "identity": identity,
+            "key": key,
+            "dataset": self.dataset.name,
+            "device": str(self.device),
+            "run": str(self.run.path),
+        }
+        entry, produced = self.store.obtain(
+            key,
+            meta,
+            produce,
+            on_wait=lambda: log.info("waiting for another process producing %s (%s)", label, key),
+        )
+        if not produced:
+            log.info("%s %s: found in store (%s)", kind, label, key)
+        self.run.update(artifacts={label: {"kind": kind, "key": key, "produced_now": produced}})
+        return entry, produced
 
     # --- data and attacks ------------------------------------------------------------------
 
-    def test_loader(self, examples: int | None, batch_size: int) -> Batches:
-        """A fixed sample of ``examples`` test images drawn with the run's seed (None: all)."""
-        self.run.update(seeds={"eval_sample": self.seed})
+    def loader(
+        self, split: str, examples: int | None, batch_size: int, *, seed: int | None = None
+    ) -> EpochBatches:
+        """A fixed sample of ``examples`` images of ``split`` ("train" or "test"), in dataset
+        order, unaugmented, drawn with ``seed`` (default: the run's seed; None examples: all)."""
+        seed = self.seed if seed is None else seed
+        self.run.update(seeds={f"{split}_sample": seed})
         return make_loader(
             self.dataset.name,
             self.dataset.root,
-            "test",
+            split,
             batch_size=batch_size,
             train=False,
-            seed=self.seed,
+            seed=seed,
             device=self.device,
             limit=examples,
-            num_workers=int(self.cfg.num_workers),
+            num_workers=self.num_workers,
         )
 
     def attack(self) -> PGD:
         """The run's attack (config group ``attack``)."""
         return make_attack(attack_spec(self.cfg.attack))
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A generator on the run's device seeded with the run's seed (+ ``offset``)."""
+        return seeded_generator(self.seed + offset, self.device)

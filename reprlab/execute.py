@@ -30,8 +30,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     """Run the analysis ``cfg.analysis.name`` in Hydra's output directory; return its summary."""
     from hydra.core.hydra_config import HydraConfig
 
-    from reprlab.analyses import get_analysis
-    from reprlab.config import validate
+    from reprlab.analyses import get_analysis, validate_run
     from reprlab.context import RunContext
     from reprlab.runs import RunDirectory
     from reprlab.runtime import seed_everything
@@ -39,7 +38,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     hydra_cfg = HydraConfig.get()
     path = Path(hydra_cfg.runtime.output_dir)
     try:
-        validate(cfg)
+        validate_run(cfg)
     except ReprlabError:
         _discard_unused_run_dir(path)
         raise

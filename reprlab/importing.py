@@ -99,9 +99,9 @@ def classifier_state(
 def import_checkpoint(cfg: DictConfig, path: Path, fmt: str, store_root: str | Path) -> Any:
     """Store the checkpoint at ``path`` as the weights of ``cfg.model`` on ``cfg.dataset``."""
     from reprlab.config import dataset_spec, recipe
-    from reprlab.context import build_for, model_identity
     from reprlab.data import dataset_info
-    from reprlab.store import ModelStore, load_weights, store_key
+    from reprlab.recipes import build_for, model_identity
+    from reprlab.store import ArtifactStore, load_weights, store_key
 
     spec = recipe(cfg.model)
     dataset = dataset_spec(cfg.dataset)
@@ -118,6 +118,7 @@ def import_checkpoint(cfg: DictConfig, path: Path, fmt: str, store_root: str | P
         and isinstance(checkpoint.get(k), (int, float, torch.Tensor))
     }
     meta = {
+        "kind": "model",
         "recipe": asdict(spec),
         "dataset": dataset.name,
         "identity": identity,
@@ -128,4 +129,4 @@ def import_checkpoint(cfg: DictConfig, path: Path, fmt: str, store_root: str | P
         "reported": reported,
         "imported": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    return ModelStore(store_root).put(key, state, meta)
+    return ArtifactStore(store_root).put(key, state, meta)

@@ -109,33 +109,45 @@ class Member:
 
 @dataclass(frozen=True)
 class JointCKA:
-    """CKA between every pair of taps of several models, accumulated over the same batches.
+    """CKA between the taps of several models, accumulated over the same batches.
 
-    ``matrix`` [P, P] (float64, CPU) is ordered member by member, each member's taps in forward
-    order; :meth:`block` cuts out one member-vs-member matrix.
+    Each group of members has one matrix over all its members' taps ([P, P], float64, CPU),
+    ordered member by member, each member's taps in forward order; :meth:`block` cuts out one
+    member-vs-member matrix from a group holding both members.
     """
 
-    matrix: torch.Tensor
-    members: tuple[tuple[str, tuple[str, ...]], ...]
+    groups: tuple[tuple[tuple[str, ...], torch.Tensor], ...]
+    taps: dict[str, tuple[str, ...]]
     n_examples: int
     n_batches: int
     estimator: str
 
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The matrix of the only group (all members, when no groups were asked for)."""
+        if len(self.groups) != 1:
+            raise ValueError("this result has several groups; use block(row, col)")
+        return self.groups[0][1]
+
     def block(self, row: str, col: str) -> LayerCKA:
         """The [p, q] matrix of member ``row``'s taps (rows) against member ``col``'s (columns)."""
-        offsets, position = {}, 0
-        for label, taps in self.members:
-            offsets[label] = (position, taps)
-            position += len(taps)
-        (r0, rows), (c0, cols) = offsets[row], offsets[col]
-        return LayerCKA(
-            matrix=self.matrix[r0 : r0 + len(rows), c0 : c0 + len(cols)].clone(),
-            row_taps=rows,
-            col_taps=cols,
-            n_examples=self.n_examples,
-            n_batches=self.n_batches,
-            estimator=self.estimator,
-        )
+        for labels, matrix in self.groups:
+            if row in labels and col in labels:
+                offsets, position = {}, 0
+                for label in labels:
+                    offsets[label] = position
+                    position += len(self.taps[label])
+                rows, cols = self.taps[row], self.taps[col]
+                r0, c0 = offsets[row], offsets[col]
+                return LayerCKA(
+                    matrix=matrix[r0 : r0 + len(rows), c0 : c0 + len(cols)].clone(),
+                    row_taps=rows,
+                    col_taps=cols,
+                    n_examples=self.n_examples,
+                    n_batches=self.n_batches,
+                    estimator=self.estimator,
+                )
+        raise KeyError(f"no group holds both {row!r} and {col!r}")
 
 
 def joint_layer_cka(
@@ -146,48 +158,69 @@ def joint_layer_cka(
     unbiased: bool = True,
     rbf_threshold: float = 1.0,
     pool: bool = False,
+    groups: Sequence[Sequence[str]] | None = None,
     progress: bool = True,
 ) -> JointCKA:
-    """CKA between every pair of taps of all ``members``, in one pass over ``batches``.
+    """CKA between every pair of taps within each group of ``members``, in one pass over
+    ``batches``.
 
     Each batch is one image tensor [n, c, h, w] in [0, 1] fed to every member, or a sequence with
     one tensor per member (e.g. each model's own adversarial examples of the same images; row i
     of every tensor must come from the same source example). Per batch, each member runs one
     forward pass in eval mode under ``torch.no_grad()`` and its taps are reduced to Grams at once;
-    the Grams of all members then feed one :class:`~reprlab.similarity.MinibatchCKA`, so the
-    within-model and cross-model blocks come from the same estimator and the same examples.
-    Memory is bounded by one batch's Grams ([P, n, n] float64). Train/eval flags are restored.
+    each group's members' Grams then feed that group's
+    :class:`~reprlab.similarity.MinibatchCKA`, so all blocks of a group come from the same
+    estimator and the same examples. ``groups`` lists member labels (default: one group of all
+    members); asking only for the pairs needed (e.g. each epoch with the final one) keeps the
+    cost linear in the number of members instead of quadratic. Memory is bounded by one batch's
+    Grams ([P, n, n] float64). Train/eval flags are restored.
     """
     if not members:
         raise ValueError("joint_layer_cka needs at least one member")
     labels = [m.label for m in members]
     if len(set(labels)) != len(labels):
         raise ValueError(f"member labels must be distinct, got {labels}")
+    groups = [tuple(labels)] if groups is None else [tuple(g) for g in groups]
+    unknown = sorted({label for g in groups for label in g} - set(labels))
+    if unknown or not all(groups):
+        raise ValueError(f"groups must list member labels; unknown: {unknown}")
     for member in members:
         if not member.taps:
             raise ReprlabError(f"no taps to compare for {member.label}; check the tap lists")
         TapRecorder(member.model, member.taps)  # validates the tap names before any work
-    names = [f"{m.label}:{tap}" for m in members for tap in m.taps]
-    accumulator = MinibatchCKA(names, kernel=kernel, unbiased=unbiased, rbf_threshold=rbf_threshold)
+    by_label = {m.label: m for m in members}
+    accumulators = [
+        MinibatchCKA(
+            [f"{label}:{tap}" for label in group for tap in by_label[label].taps],
+            kernel=kernel,
+            unbiased=unbiased,
+            rbf_threshold=rbf_threshold,
+        )
+        for group in groups
+    ]
     total = len(batches) if isinstance(batches, Sized) else None
     bar = tqdm(batches, total=total, disable=not progress, desc="layer CKA", unit="batch")
     with _eval_mode(*(m.model for m in members)):
         for batch in bar:
             inputs = _per_member(batch, len(members))
-            grams = [
-                _member_grams(member, x, accumulator, pool=pool)
+            grams = {
+                member.label: _member_grams(member, x, accumulators[0], pool=pool)
                 for member, x in zip(members, inputs, strict=True)
-            ]
-            accumulator.add_grams(torch.cat(grams))
+            }
+            for group, accumulator in zip(groups, accumulators, strict=True):
+                accumulator.add_grams(torch.cat([grams[label] for label in group]))
             del grams
-    matrix = accumulator.compute()
+    first = accumulators[0]
     return JointCKA(
-        matrix=matrix,
-        members=tuple((m.label, tuple(m.taps)) for m in members),
-        n_examples=accumulator.n_examples,
-        n_batches=accumulator.n_batches,
+        groups=tuple(
+            (group, accumulator.compute())
+            for group, accumulator in zip(groups, accumulators, strict=True)
+        ),
+        taps={m.label: tuple(m.taps) for m in members},
+        n_examples=first.n_examples,
+        n_batches=first.n_batches,
         estimator=_describe(
-            kernel, unbiased, rbf_threshold, pool, accumulator.n_batches, accumulator.n_examples
+            kernel, unbiased, rbf_threshold, pool, first.n_batches, first.n_examples
         ),
     )
 

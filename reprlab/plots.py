@@ -56,6 +56,19 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str) -> Figu
     return figure
 
 
+def cka_scale(*matrices: np.ndarray) -> tuple[float, str]:
+    """(lowest value of the colour scale, colour-bar label) for CKA heatmaps.
+
+    The scale runs from 0 to 1 unless a value is negative (the unbiased estimator can give
+    slightly negative CKA for unrelated layers): then it starts at that value, rounded down to
+    0.05, and the label says so, so no value is clipped.
+    """
+    lowest = min(float(np.nanmin(m)) for m in matrices)
+    if lowest >= 0:
+        return 0.0, "CKA"
+    return float(np.floor(lowest * 20) / 20), "CKA (scale extends below 0: unbiased estimates)"
+
+
 def _draw_heatmap(
     ax: Any,
     matrix: np.ndarray,
@@ -64,12 +77,13 @@ def _draw_heatmap(
     title: str,
     xlabel: str,
     ylabel: str,
+    vmin: float,
 ) -> Any:
     image = ax.imshow(
         matrix,
         origin="lower",
         cmap=CKA_COLORMAP,
-        vmin=0.0,
+        vmin=vmin,
         vmax=1.0,
         interpolation="nearest",
         aspect="auto",
@@ -92,22 +106,26 @@ def cka_heatmap(
     row_model: str,
     col_model: str,
 ) -> Figure:
-    """Layer×layer CKA on a fixed 0–1 colour scale; the first layers sit at the bottom-left.
+    """Layer×layer CKA on a 0–1 colour scale (extended below 0 when a value is negative, see
+    :func:`cka_scale`); the first layers sit at the bottom-left.
 
     ``matrix[i, j]`` is the similarity of row tap ``rows[i]`` (of ``row_model``, y axis) and
     column tap ``cols[j]`` (of ``col_model``, x axis).
     """
     side = min(10.0, 2.5 + 0.28 * max(len(rows), len(cols)))
     figure, ax = plt.subplots(figsize=(side + 1.2, side + 0.4), layout="constrained")
-    image = _draw_heatmap(ax, matrix, rows, cols, title, f"{col_model} layer", f"{row_model} layer")
-    figure.colorbar(image, ax=ax, label="CKA")
+    vmin, label = cka_scale(matrix)
+    image = _draw_heatmap(
+        ax, matrix, rows, cols, title, f"{col_model} layer", f"{row_model} layer", vmin
+    )
+    figure.colorbar(image, ax=ax, label=label)
     return figure
 
 
 def cka_panels(
     panels: Sequence[tuple[np.ndarray, Sequence[str], Sequence[str], str, str, str]], *, title: str
 ) -> Figure:
-    """Side-by-side CKA heatmaps sharing one 0–1 colour bar.
+    """Side-by-side CKA heatmaps sharing one colour bar (0–1, or lower, see :func:`cka_scale`).
 
     Each panel is (matrix, row taps, column taps, panel title, row model, column model).
     """
@@ -120,14 +138,15 @@ def cka_panels(
         squeeze=False,
         layout="constrained",
     )
+    vmin, label = cka_scale(*(p[0] for p in panels))
     image = None
     for ax, (matrix, rows, cols, panel_title, row_model, col_model) in zip(
         axes[0], panels, strict=True
     ):
         image = _draw_heatmap(
-            ax, matrix, rows, cols, panel_title, f"{col_model} layer", f"{row_model} layer"
+            ax, matrix, rows, cols, panel_title, f"{col_model} layer", f"{row_model} layer", vmin
         )
-    figure.colorbar(image, ax=list(axes[0]), label="CKA", shrink=0.8)
+    figure.colorbar(image, ax=list(axes[0]), label=label, shrink=0.8)
     figure.suptitle(title, fontsize=9)
     return figure
 

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from reprlab.errors import ReprlabError
+from reprlab.runs import RunDirectory
 
 LEADING_COLUMNS = ("run", "analysis", "status", "model", "ref", "dataset", "overrides")
 
@@ -84,7 +85,6 @@ def write_report(root: str | Path, table: pd.DataFrame, name: str) -> list[Path]
     """Write ``<name>.csv`` into ``root``, and ``accuracy_vs_eps.png`` when it holds evaluate
     runs; return the paths written."""
     from reprlab import plots
-    from reprlab.runs import RunDirectory
 
     directory = RunDirectory(root)
     written = [directory.write_csv(name, table)]

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from reprlab.store import atomic_write_bytes, atomic_write_text
+from reprlab import atomic
 
 RUN_ID = uuid.uuid4().hex[:6]
 """This process's run id: part of every run directory name, so concurrent jobs never collide."""
@@ -131,24 +131,24 @@ class RunDirectory:
         self._flush()
 
     def _flush(self) -> None:
-        atomic_write_text(self.path / "run.json", json.dumps(self._record, indent=2) + "\n")
+        atomic.write_text(self.path / "run.json", json.dumps(self._record, indent=2) + "\n")
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``obj`` as ``<name>.json``."""
         path = self.path / f"{name}.json"
-        atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
+        atomic.write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
         return path
 
     def write_csv(self, name: str, frame: Any, index: bool = False) -> Path:
         """Write a pandas DataFrame as ``<name>.csv``."""
         path = self.path / f"{name}.csv"
-        atomic_write_text(path, frame.to_csv(index=index))
+        atomic.write_text(path, frame.to_csv(index=index))
         return path
 
     def write_text(self, name: str, text: str) -> Path:
         """Write ``text`` to the file ``name`` in the run directory."""
         path = self.path / name
-        atomic_write_text(path, text)
+        atomic.write_text(path, text)
         return path
 
     def save_figure(self, name: str, figure: Any, dpi: int = 150) -> Path:
@@ -161,26 +161,5 @@ class RunDirectory:
         figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
         plt.close(figure)
         path = self.path / f"{name}.png"
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic.write_bytes(path, buffer.getvalue())
         return path
-
-
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra is a dependency; keeps this module importable
-    _HydraCallback = object  # type: ignore[assignment,misc]
-
-
-class SweepSummary(_HydraCallback):
-    """Hydra callback: after a sweep, gather its jobs' results into ``summary.csv`` and print it."""
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from reprlab.report import gather_runs, print_table, write_report
-
-        sweep_dir = Path(config.hydra.sweep.dir)
-        table = gather_runs(sweep_dir)
-        if table.empty:
-            return
-        written = write_report(sweep_dir, table, "summary")
-        print(f"\nSweep summary ({len(table)} runs) -> {', '.join(str(p) for p in written)}")
-        print_table(table)

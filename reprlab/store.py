@@ -1,16 +1,20 @@
-"""The model store: each trained model is an artifact keyed by what determines its weights.
+"""The artifact store: everything reprlab trains or computes once, keyed by what determines it.
 
-Layout under the store root::
+An artifact is a trained classifier, or anything else an analysis produces once and reuses: a
+stitch layer, an MI critic, a downstream head, a set of optimised inputs. Its key is a hash of
+exactly the fields that determine it (for an artifact trained against models, their keys too),
+so a second request finds it and trains nothing. Layout under the store root::
 
-    <key>/meta.json      recipe, dataset, key fields, final metrics, provenance
-    <key>/model.pt       final weights (a Classifier state_dict)
-    <key>/metrics.jsonl  one line of training metrics per epoch
-    <key>/snapshots/epoch_NNN.pt   weights kept at the recipe's snapshot epochs
+    <key>/meta.json      kind, identity (the key's fields), final metrics, provenance
+    <key>/artifact.pt    the payload: tensors or a state_dict (loaded with weights_only=True)
+    <key>/metrics.jsonl  one line of training metrics per epoch (when trained in epochs)
+    <key>/snapshots/epoch_NNN.pt   payloads kept at chosen epochs (classifiers: for cka_epochs)
     <key>/work/last.pt   resumable checkpoint while training (removed once complete)
     <key>/COMPLETE       written last: an entry without it is never used
-    <key>.lock           taken while a process trains the entry
+    <key>.lock           taken while a process produces the entry
 
-The store only moves files; training is a callback it is handed (see :meth:`ModelStore.obtain`).
+The store only moves files; producing an artifact is a callback it is handed (see
+:meth:`ArtifactStore.obtain`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,53 +32,25 @@ from typing import Any
 
 import torch
 
+from reprlab import atomic
 from reprlab.errors import ReprlabError
 
-KEY_FORMAT = 1
-"""Bumped when the meaning of stored weights changes (e.g. an architecture's definition)."""
+KEY_FORMAT = 2
+"""Bumped when the meaning of stored payloads changes. 2: every entry's payload is artifact.pt
+and carries a kind."""
 
 COMPLETE = "COMPLETE"
+PAYLOAD = "artifact.pt"
+
+Payload = Any
+"""What an artifact stores: a tensor, or dicts/lists of tensors and plain values."""
 
 
 def store_key(identity: Mapping[str, Any]) -> str:
-    """A 16-hex-digit content key of ``identity``: the JSON-able fields that determine weights."""
+    """A 16-hex-digit content key of ``identity``: the JSON-able fields that determine an
+    artifact (for a classifier: architecture, dataset, training recipe, adversary, seed)."""
     payload = json.dumps({"format": KEY_FORMAT, **identity}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Atomic text write (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_weights(path: Path, map_location: torch.device | str = "cpu") -> Any:
@@ -93,8 +67,18 @@ def load_weights(path: Path, map_location: torch.device | str = "cpu") -> Any:
         ) from None
 
 
+def _detached_cpu(payload: Payload) -> Payload:
+    if isinstance(payload, torch.Tensor):
+        return payload.detach().cpu()
+    if isinstance(payload, Mapping):
+        return {k: _detached_cpu(v) for k, v in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return type(payload)(_detached_cpu(v) for v in payload)
+    return payload
+
+
 class TrainingFiles:
-    """What a training callback may write into a store entry: checkpoints, snapshots, metrics."""
+    """What a producing callback may write into its entry: checkpoints, snapshots, metrics."""
 
     def __init__(self, entry: Path) -> None:
         self.entry = entry
@@ -109,19 +93,21 @@ class TrainingFiles:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Replace the resumable checkpoint with ``state`` (atomic)."""
-        atomic_torch_save(self.checkpoint_path, state)
+        atomic.torch_save(self.checkpoint_path, state)
 
-    def save_snapshot(self, epoch: int, weights: Mapping[str, torch.Tensor]) -> None:
-        """Keep the weights after ``epoch`` (1-based) for analyses across training."""
-        atomic_torch_save(self.entry / "snapshots" / f"epoch_{epoch:03d}.pt", dict(weights))
+    def save_snapshot(self, epoch: int, payload: Payload) -> None:
+        """Keep the payload after ``epoch`` (1-based), e.g. a classifier's weights."""
+        atomic.torch_save(
+            self.entry / "snapshots" / f"epoch_{epoch:03d}.pt", _detached_cpu(payload)
+        )
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite metrics.jsonl with one JSON line per finished epoch (atomic)."""
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        atomic.write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
 
 @dataclass(frozen=True)
-class StoredModel:
+class StoredArtifact:
     """A complete store entry."""
 
     key: str
@@ -129,26 +115,40 @@ class StoredModel:
     meta: dict[str, Any]
 
     @property
-    def weights_path(self) -> Path:
-        return self.path / "model.pt"
+    def kind(self) -> str:
+        """What the artifact is: ``model`` (a classifier), ``stitch``, ``critic``, ..."""
+        return str(self.meta.get("kind", "model"))
+
+    @property
+    def payload_path(self) -> Path:
+        return self.path / PAYLOAD
+
+    def load(self, map_location: torch.device | str = "cpu") -> Payload:
+        """The stored payload (tensors on ``map_location``)."""
+        return load_weights(self.payload_path, map_location)
 
     def snapshot_epochs(self) -> list[int]:
-        """Epochs whose weights were kept, ascending."""
+        """Epochs whose payload was kept, ascending."""
         return sorted(int(p.stem.split("_")[1]) for p in (self.path / "snapshots").glob("*.pt"))
 
     def snapshot_path(self, epoch: int) -> Path:
         return self.path / "snapshots" / f"epoch_{epoch:03d}.pt"
 
     def history(self) -> list[dict[str, Any]]:
-        """Per-epoch training metrics (empty for imported models)."""
+        """Per-epoch training metrics (empty for imported or untrained artifacts)."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-class ModelStore:
-    """A directory of trained models keyed by :func:`store_key`."""
+Producer = Callable[[TrainingFiles], tuple[Payload, dict[str, Any]]]
+"""``produce(files) -> (payload, summary)``: trains or computes an artifact, resuming from
+``files.load_checkpoint()`` when there is one."""
+
+
+class ArtifactStore:
+    """A directory of artifacts keyed by :func:`store_key`."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -156,7 +156,7 @@ class ModelStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def get(self, key: str) -> StoredModel | None:
+    def get(self, key: str) -> StoredArtifact | None:
         """The complete entry ``key``, or None if it is absent or incomplete."""
         path = self.path(key)
         if not (path / COMPLETE).exists():
@@ -167,7 +167,7 @@ class ModelStore:
             raise ReprlabError(
                 f"store entry {key} is damaged ({err}); remove it with `reprlab cache rm {key}`"
             ) from None
-        return StoredModel(key=key, path=path, meta=meta)
+        return StoredArtifact(key=key, path=path, meta=meta)
 
     @contextlib.contextmanager
     def lock(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
@@ -202,14 +202,14 @@ class ModelStore:
         self,
         key: str,
         meta: dict[str, Any],
-        train: Callable[[TrainingFiles], tuple[Mapping[str, torch.Tensor], dict[str, Any]]],
+        produce: Producer,
         on_wait: Callable[[], None] | None = None,
-    ) -> tuple[StoredModel, bool]:
-        """Return entry ``key``, training it first with ``train`` if it is missing.
+    ) -> tuple[StoredArtifact, bool]:
+        """Return entry ``key``, producing it first with ``produce`` if it is missing.
 
-        ``train(files)`` resumes from ``files.load_checkpoint()`` if there is one and returns
-        (final weights, summary metrics). Only one process trains a key at a time; the others
-        wait for the lock and then find the entry complete. Returns (entry, whether trained now).
+        ``meta`` should carry the artifact's ``kind`` and ``identity``. Only one process
+        produces a key at a time; the others wait for the lock and then find the entry complete.
+        Returns (entry, whether it was produced now).
         """
         found = self.get(key)
         if found is not None:
@@ -221,36 +221,32 @@ class ModelStore:
             path = self.path(key)
             path.mkdir(parents=True, exist_ok=True)
             started = time.time()
-            weights, summary = train(TrainingFiles(path))
+            payload, summary = produce(TrainingFiles(path))
             self._finalize(
-                path, weights, {**meta, **summary, "train_seconds": time.time() - started}
+                path, payload, {**meta, **summary, "train_seconds": time.time() - started}
             )
             shutil.rmtree(path / "work", ignore_errors=True)
         entry = self.get(key)
         assert entry is not None
         return entry, True
 
-    def put(
-        self, key: str, weights: Mapping[str, torch.Tensor], meta: dict[str, Any]
-    ) -> StoredModel:
-        """Write a complete entry ``key`` from given weights (e.g. an imported checkpoint)."""
+    def put(self, key: str, payload: Payload, meta: dict[str, Any]) -> StoredArtifact:
+        """Write a complete entry ``key`` from a given payload (e.g. an imported checkpoint)."""
         with self.lock(key):
             path = self.path(key)
             if path.exists():
                 shutil.rmtree(path)
             path.mkdir(parents=True)
-            self._finalize(path, weights, meta)
+            self._finalize(path, payload, meta)
         entry = self.get(key)
         assert entry is not None
         return entry
 
-    def _finalize(
-        self, path: Path, weights: Mapping[str, torch.Tensor], meta: dict[str, Any]
-    ) -> None:
-        atomic_torch_save(path / "model.pt", {k: v.detach().cpu() for k, v in weights.items()})
-        meta = {**meta, "completed": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_text(path / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        atomic_write_text(path / COMPLETE, "")
+    def _finalize(self, path: Path, payload: Payload, meta: dict[str, Any]) -> None:
+        atomic.torch_save(path / PAYLOAD, _detached_cpu(payload))
+        meta = {"kind": "model", **meta, "completed": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic.write_text(path / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic.write_text(path / COMPLETE, "")
 
     def entries(self) -> list[tuple[str, dict[str, Any] | None, str]]:
         """Every entry directory as (key, meta or None, status) where status is
@@ -285,7 +281,7 @@ class ModelStore:
         return keys
 
     def remove(self, key: str) -> None:
-        """Delete entry ``key`` (refused while another process trains it)."""
+        """Delete entry ``key`` (refused while another process produces it)."""
         if self.is_locked(key):
             raise ReprlabError(f"store entry {key} is being trained by another process; try later")
         shutil.rmtree(self.path(key), ignore_errors=True)
@@ -293,7 +289,7 @@ class ModelStore:
             (self.root / f"{key}.lock").unlink()
 
     def garbage_collect(self) -> list[str]:
-        """Remove incomplete entries no process is training (e.g. killed runs); return their keys.
+        """Remove incomplete entries no process is producing (e.g. killed runs); return their keys.
 
         Note: this discards the resumable checkpoint of an interrupted training.
         """

@@ -106,3 +106,18 @@ def representation(model: Classifier, x: torch.Tensor) -> torch.Tensor:
     with TapRecorder(model, [model.representation_tap], detach=False) as recorder:
         _, activations = recorder.forward(x)
     return activations[model.representation_tap].flatten(1)
+
+
+def select_taps(model: Classifier, spec: str | Sequence[str] = "blocks") -> tuple[str, ...]:
+    """The taps named by ``spec`` in forward order: ``"blocks"`` or a list of tap names."""
+    if isinstance(spec, str) and spec == "blocks":
+        return tuple(model.tap_names)
+    if isinstance(spec, str):
+        raise ReprlabError(f"unknown tap selection {spec!r}; use blocks or a list of taps")
+    unknown = [t for t in spec if t not in model.tap_points]
+    if unknown:
+        raise ReprlabError(
+            f"unknown tap(s) {', '.join(unknown)} for {model.arch}; "
+            f"available: {', '.join(model.tap_names)}"
+        )
+    return tuple(t for t in model.tap_names if t in set(spec))

@@ -14,10 +14,10 @@ from reprlab.config import (
     group_options,
     recipe,
 )
-from reprlab.context import model_identity
 from reprlab.data import available_datasets
 from reprlab.errors import ReprlabError
 from reprlab.models import available_archs
+from reprlab.recipes import model_identity
 from reprlab.store import store_key
 
 NEEDS_REF = {"cka_panels"}
@@ -43,7 +43,7 @@ def test_every_option_composes_and_validates(group: str, option: str) -> None:
     attack = attack_spec(cfg.attack)
     assert attack.eps >= 0
     assert cfg.analysis.name in RUNNERS
-    get_analysis(cfg.analysis.name).validate(cfg)
+    get_analysis(cfg.analysis.name).settings(cfg)
 
 
 def test_option_files_use_their_own_name() -> None:
@@ -123,11 +123,11 @@ def test_store_key_covers_exactly_what_changes_the_weights() -> None:
     ],
 )
 def test_bad_values_raise_one_clear_line(override: str, message: str) -> None:
-    from reprlab.config import validate
+    from reprlab.analyses import validate_run
 
     cfg = compose_config([override, "dataset=synthetic"])
     with pytest.raises(ReprlabError) as caught:
-        validate(cfg)
+        validate_run(cfg)
     text = str(caught.value)
     assert message in text
     assert "\n" not in text

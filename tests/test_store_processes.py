@@ -70,7 +70,7 @@ def test_killed_training_resumes_to_the_same_weights(workdir: Path) -> None:
     assert "resuming after epoch" in resumed.stderr + resumed.stdout
     (reference_entry,) = [p for p in (reference_dir / "outputs" / "store").iterdir() if p.is_dir()]
     assert entry.name == reference_entry.name
-    for name in ("model.pt", "snapshots/epoch_002.pt", "snapshots/epoch_004.pt"):
+    for name in ("artifact.pt", "snapshots/epoch_002.pt", "snapshots/epoch_004.pt"):
         expected = torch.load(reference_entry / name, weights_only=True)
         actual = torch.load(entry / name, weights_only=True)
         for key in expected:

@@ -1,8 +1,9 @@
 """Analysis registry: ``analysis=<name>`` on the command line selects one runner module.
 
-Each runner module exposes ``validate(cfg) -> None`` (raise ReprlabError on bad parameters, before
-any work) and ``run(cfg, ctx) -> dict`` (the run's summary, stored in run.json). Runners are the
-only code that reads the config; they never import each other.
+Each runner module exposes ``settings(cfg) -> Settings`` (its typed schema: the ``analysis.*``
+keys merged into a dataclass and range-checked; raises ReprlabError on bad parameters, before any
+work) and ``run(cfg, ctx) -> dict`` (the run's summary, stored in run.json). Runners are the only
+code that reads the config; they never import each other.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ RUNNERS = {
 
 @dataclass(frozen=True)
 class Analysis:
-    """A registered analysis: its name, parameter check and runner."""
+    """A registered analysis: its name, typed settings and runner."""
 
     name: str
-    validate: Callable[[DictConfig], None]
+    settings: Callable[[DictConfig], Any]
     run: Callable[[DictConfig, RunContext], dict[str, Any]]
 
 
@@ -44,4 +45,15 @@ def get_analysis(name: str) -> Analysis:
             f"unknown analysis '{name}'; choose one of: {', '.join(sorted(RUNNERS))}"
         )
     module = importlib.import_module(RUNNERS[name])
-    return Analysis(name=name, validate=module.validate, run=module.run)
+    return Analysis(name=name, settings=module.settings, run=module.run)
+
+
+def validate_run(cfg: DictConfig) -> None:
+    """Check a composed run config: what every run shares, the analysis's own schema, then that
+    the dataset is on disk. Raises ReprlabError (one line) on the first problem; writes nothing.
+    """
+    from reprlab.config import check_data, validate
+
+    validate(cfg)
+    get_analysis(cfg.analysis.name).settings(cfg)
+    check_data(cfg)

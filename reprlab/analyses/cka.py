@@ -14,33 +14,36 @@ from omegaconf import DictConfig
 
 from reprlab import plots
 from reprlab.analyses import cka_common as common
+from reprlab.analyses.cka_common import CKASettings
 from reprlab.context import RunContext
 from reprlab.layerwise import Member
 
 
-def validate(cfg: DictConfig) -> None:
-    common.validate_settings(cfg)
+def settings(cfg: DictConfig) -> CKASettings:
+    return common.settings(cfg)
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    s = settings(cfg)
     first = ctx.model("model")
     second = ctx.model("ref") if cfg.get("ref") is not None else None
-    inputs = common.prepare_inputs(cfg, ctx)
+    source = common.sample(s, ctx)
+    description = common.describe_inputs(s, source, first.label)
     if second is None:
         label = first.label
-        members = [Member(label, first.model, common.taps_of(cfg, first.model))]
-        result = common.compute(cfg, ctx, members, inputs, target_index=0)
+        members = [Member(label, first.model, common.taps_of(s, first.model))]
+        result = common.compute(s, ctx, members, source, target_index=0)
         within = result.block(label, label)
         common.write_matrix(
             ctx,
             f"cka_{label}",
             within,
-            title=common.title(cfg, ctx, f"CKA within {label}", result, inputs),
+            title=common.title(s, ctx, f"CKA within {label}", result, description),
             row_model=label,
             col_model=label,
         )
         summary = {
-            **common.summary_base(result, inputs),
+            **common.summary_base(result, description),
             "model": label,
             "mean_off_diagonal": common.mean_off_diagonal(within.matrix),
         }
@@ -51,22 +54,22 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     if label_a == label_b:
         label_a, label_b = f"{label_a} (model)", f"{label_b} (ref)"
     members = [
-        Member(label_a, first.model, common.taps_of(cfg, first.model)),
-        Member(label_b, second.model, common.taps_of(cfg, second.model)),
+        Member(label_a, first.model, common.taps_of(s, first.model)),
+        Member(label_b, second.model, common.taps_of(s, second.model)),
     ]
-    result = common.compute(cfg, ctx, members, inputs, target_index=0)
+    result = common.compute(s, ctx, members, source, target_index=0)
     cross = result.block(label_a, label_b)
     name = f"cka_{first.label}_vs_{second.label}"
     common.write_matrix(
         ctx,
         name,
         cross,
-        title=common.title(cfg, ctx, f"CKA {label_a} vs {label_b}", result, inputs),
+        title=common.title(s, ctx, f"CKA {label_a} vs {label_b}", result, description),
         row_model=label_a,
         col_model=label_b,
     )
     summary = {
-        **common.summary_base(result, inputs),
+        **common.summary_base(result, description),
         "model": first.label,
         "ref": second.label,
     }
@@ -76,8 +79,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         figure = plots.layer_curves(
             {f"{label_a} vs {label_b}": values},
             taps,
-            title=f"same-layer CKA · {ctx.dataset.name} · "
-            f"N={result.n_examples} · {inputs.description}",
+            title=f"same-layer CKA · {ctx.dataset.name} · N={result.n_examples} · {description}",
             ylabel="CKA",
         )
         ctx.run.save_figure(f"{name}_same_layer", figure)

@@ -1,12 +1,13 @@
-"""What the three CKA analyses share: reading their settings, the input batches, the outputs.
+"""What the three CKA analyses share: their typed settings, the joint computation, the outputs.
 
-Not an analysis itself; ``cka``, ``cka_panels`` and ``cka_epochs`` each import it.
+Not an analysis itself; ``cka``, ``cka_panels`` and ``cka_epochs`` each import it. Inputs come
+from :mod:`reprlab.analyses.inputs`, the estimator from :mod:`reprlab.layerwise`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,142 +17,124 @@ import torch
 from omegaconf import DictConfig
 
 from reprlab import plots
-from reprlab.attacks import PGD
-from reprlab.config import check_choice, check_positive, recipe
-from reprlab.context import RunContext, build_for
+from reprlab.analyses import inputs
+from reprlab.analyses.inputs import ATTACK_TARGETS, INPUT_KINDS, InputSource
+from reprlab.config import check_choice, check_positive, recipe, typed
+from reprlab.context import RunContext
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.layerwise import JointCKA, LayerCKA, Member, joint_layer_cka
 from reprlab.models import Classifier
+from reprlab.recipes import build_for
+from reprlab.similarity import KERNELS
+from reprlab.taps import select_taps
 
 log = logging.getLogger("reprlab")
 
 ESTIMATORS = ("unbiased", "biased")
-KERNELS = ("linear", "rbf")
 FEATURES = ("flatten", "pool")
-INPUTS = ("clean", "adversarial")
-ATTACK_TARGETS = ("own", "model")
 MIN_BATCH = 4  # the unbiased HSIC estimator needs n >= 4
 
 
-def validate_settings(cfg: DictConfig) -> None:
-    """Check the parameters every CKA analysis shares (one clear line per mistake)."""
-    a = cfg.analysis
-    if a.examples is not None:
-        check_positive("analysis.examples", a.examples)
-        if a.examples < MIN_BATCH:
-            raise ReprlabError(
-                f"analysis.examples={a.examples} is invalid: CKA needs >= 4 examples"
-            )
-    check_positive("analysis.batch_size", a.batch_size)
-    if a.batch_size < MIN_BATCH and not a.exact:
-        raise ReprlabError(
-            f"analysis.batch_size={a.batch_size} is invalid: CKA needs >= 4 per batch"
-        )
-    check_choice("analysis.estimator", a.estimator, ESTIMATORS)
-    check_choice("analysis.kernel", a.kernel, KERNELS)
-    check_positive("analysis.rbf_threshold", a.rbf_threshold)
-    check_choice("analysis.features", a.features, FEATURES)
-    check_choice("analysis.inputs", a.inputs, INPUTS)
-    check_choice("analysis.attack_target", a.attack_target, ATTACK_TARGETS)
-    if a.taps is not None:
-        info = dataset_info(cfg.dataset.name)
-        for where in ("model", "ref"):
-            if cfg.get(where) is not None:
-                taps_of(cfg, build_for(recipe(cfg[where], where), info))
+@dataclass
+class CKASettings:
+    """The ``analysis.*`` keys every CKA analysis takes (conf/analysis/cka.yaml documents them)."""
 
-
-def taps_of(cfg: DictConfig, model: Classifier) -> tuple[str, ...]:
-    """The taps to compare: ``analysis.taps`` or all of the architecture's, forward order."""
-    chosen = cfg.analysis.taps
-    if chosen is None:
-        return tuple(model.tap_names)
-    unknown = [t for t in chosen if t not in model.tap_points]
-    if unknown:
-        raise ReprlabError(
-            f"analysis.taps has {unknown} not among {model.arch}'s taps: "
-            f"{', '.join(model.tap_names)}"
-        )
-    return tuple(t for t in model.tap_names if t in set(chosen))
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """The images a CKA analysis feeds its models: a fixed seeded sample, clean or attacked."""
-
-    loader: Any
-    examples: int
+    name: str
+    examples: int | None
     batch_size: int
-    attack: PGD | None
-    description: str
+    exact: bool
+    estimator: str
+    kernel: str
+    rbf_threshold: float
+    features: str
+    inputs: str
+    attack_target: str
+    taps: Any  # "blocks", "all" or a list of tap names
 
 
-def prepare_inputs(cfg: DictConfig, ctx: RunContext) -> Inputs:
-    """The seeded test sample in CKA batches (one batch of all examples in exact mode)."""
-    a = cfg.analysis
-    probe = ctx.test_loader(a.examples, 1024)
-    examples = probe.num_examples
-    batch_size = examples if a.exact else int(a.batch_size)
-    loader = ctx.test_loader(a.examples, batch_size)
-    attack = ctx.attack() if a.inputs == "adversarial" else None
-    if attack is None:
-        description = "clean inputs"
-    else:
-        target = "each model's own" if a.attack_target == "own" else f"{cfg.model.name}'s"
-        description = (
-            f"PGD-{attack.steps} {attack.norm} ε={attack.eps:.4g} examples against {target} weights"
+def check(s: CKASettings, cfg: DictConfig) -> CKASettings:
+    """Range-check the shared CKA settings (one clear line per mistake); return them."""
+    if s.examples is not None:
+        check_positive("analysis.examples", s.examples)
+        if s.examples < MIN_BATCH:
+            raise ReprlabError(
+                f"analysis.examples={s.examples} is invalid: CKA needs >= {MIN_BATCH} examples"
+            )
+    check_positive("analysis.batch_size", s.batch_size)
+    if s.batch_size < MIN_BATCH and not s.exact:
+        raise ReprlabError(
+            f"analysis.batch_size={s.batch_size} is invalid: CKA needs >= {MIN_BATCH} per batch"
         )
-    return Inputs(loader, examples, batch_size, attack, description)
+    check_choice("analysis.estimator", s.estimator, ESTIMATORS)
+    check_choice("analysis.kernel", s.kernel, KERNELS)
+    check_positive("analysis.rbf_threshold", s.rbf_threshold)
+    check_choice("analysis.features", s.features, FEATURES)
+    check_choice("analysis.inputs", s.inputs, INPUT_KINDS)
+    check_choice("analysis.attack_target", s.attack_target, ATTACK_TARGETS)
+    info = dataset_info(cfg.dataset.name)
+    for where in ("model", "ref"):
+        if cfg.get(where) is not None:
+            taps_of(s, build_for(recipe(cfg[where], where), info))
+    return s
 
 
-def batches(
-    inputs: Inputs,
-    models: Sequence[Classifier],
-    target_index: int | None,
-    device: torch.device,
-    seed: int,
-) -> Iterator[torch.Tensor | tuple[torch.Tensor, ...]]:
-    """Image batches for :func:`joint_layer_cka`.
+def settings(cfg: DictConfig, schema: type[CKASettings] = CKASettings) -> Any:
+    """The typed, checked settings of a CKA analysis (``schema`` may extend CKASettings)."""
+    return check(typed(cfg.analysis, schema, "analysis"), cfg)
 
-    Clean: one tensor per batch for every model. Adversarial: the batch attacked against
-    ``models[target_index]`` and fed to all, or (``target_index`` None) attacked against each
-    model separately, one tensor per model, paired by source image. A last batch smaller than
-    the estimator's minimum is dropped.
-    """
-    generator = torch.Generator(device=device).manual_seed(seed)
-    for x, y in inputs.loader.epoch(0):
-        if len(y) < MIN_BATCH:
-            log.warning("dropping a last batch of %d examples (CKA needs >= 4)", len(y))
-            continue
-        if inputs.attack is None:
-            yield x
-        elif target_index is not None:
-            yield inputs.attack(models[target_index], x, y, generator=generator)
-        else:
-            yield tuple(inputs.attack(model, x, y, generator=generator) for model in models)
+
+def taps_of(s: CKASettings, model: Classifier) -> tuple[str, ...]:
+    """The taps to compare: ``blocks`` (default), ``all`` layers, or a list; forward order."""
+    spec = s.taps
+    if not isinstance(spec, str):
+        spec = list(spec)
+        if not spec:
+            raise ReprlabError("analysis.taps=[] names no tap; use blocks, all or a list of taps")
+    try:
+        return tuple(select_taps(model, spec))
+    except ReprlabError as err:
+        raise ReprlabError(f"analysis.taps: {err}") from None
+
+
+def sample(s: CKASettings, ctx: RunContext) -> InputSource:
+    """The seeded test sample in CKA batches (one batch of all examples in exact mode)."""
+    batch_size = (s.examples or 1 << 30) if s.exact else s.batch_size
+    return inputs.sample(
+        ctx, examples=s.examples, batch_size=batch_size, with_attack=s.inputs == "adversarial"
+    )
+
+
+def describe_inputs(s: CKASettings, source: InputSource, target_label: str | None) -> str:
+    """One line naming the inputs; ``target_label`` names the model attacks are crafted
+    against when ``attack_target=model``."""
+    return source.describe(s.inputs, target_label if s.attack_target == "model" else None)
 
 
 def compute(
-    cfg: DictConfig,
+    s: CKASettings,
     ctx: RunContext,
     members: Sequence[Member],
-    inputs: Inputs,
-    target_index: int | None,
+    source: InputSource,
+    target_index: int,
+    groups: Sequence[Sequence[str]] | None = None,
 ) -> JointCKA:
-    """The joint CKA matrix of ``members`` over the run's inputs, with the configured estimator."""
-    a = cfg.analysis
+    """The joint CKA of ``members`` over the sample, with the configured estimator.
+
+    Adversarial inputs are crafted against ``members[target_index]`` (``attack_target=model``)
+    or against each member itself (``own``).
+    """
     models = [m.model for m in members]
-    target = (
-        None if inputs.attack is None else (target_index if a.attack_target == "model" else None)
-    )
-    stream = batches(inputs, models, target, ctx.device, ctx.seed)
+    target = target_index if s.attack_target == "model" else None
+    stream = (x for x, _ in source.for_models(models, s.inputs, target, min_batch=MIN_BATCH))
     result = joint_layer_cka(
         members,
         stream,
-        kernel=a.kernel,
-        unbiased=a.estimator == "unbiased",
-        rbf_threshold=float(a.rbf_threshold),
-        pool=a.features == "pool",
+        kernel=s.kernel,
+        unbiased=s.estimator == "unbiased",
+        rbf_threshold=float(s.rbf_threshold),
+        pool=s.features == "pool",
+        groups=groups,
         progress=ctx.progress,
     )
     log.info(
@@ -173,7 +156,7 @@ def matrix_frame(result: LayerCKA) -> pd.DataFrame:
 def write_matrix(
     ctx: RunContext, name: str, result: LayerCKA, *, title: str, row_model: str, col_model: str
 ) -> None:
-    """``<name>.csv`` (tap names on both axes) and ``<name>.png`` (0–1 heatmap)."""
+    """``<name>.csv`` (tap names on both axes) and ``<name>.png`` (heatmap)."""
     ctx.run.write_csv(name, matrix_frame(result), index=True)
     figure = plots.cka_heatmap(
         result.matrix.numpy(),
@@ -203,21 +186,19 @@ def mean_off_diagonal(matrix: torch.Tensor) -> float:
 
 
 def title(
-    cfg: DictConfig, ctx: RunContext, what: str, result: JointCKA | LayerCKA, inputs: Inputs
+    s: CKASettings, ctx: RunContext, what: str, result: JointCKA | LayerCKA, description: str
 ) -> str:
     """A figure title naming models, dataset, estimator, N and the inputs."""
-    a = cfg.analysis
-    estimator = f"{a.estimator} {a.kernel} CKA, {'exact' if result.n_batches == 1 else 'minibatch'}"
-    return (
-        f"{what} · {ctx.dataset.name} · {estimator} · N={result.n_examples}\n{inputs.description}"
-    )
+    batching = "exact" if result.n_batches == 1 else "minibatch"
+    estimator = f"{s.estimator} {s.kernel} CKA, {batching}"
+    return f"{what} · {ctx.dataset.name} · {estimator} · N={result.n_examples}\n{description}"
 
 
-def summary_base(result: JointCKA | LayerCKA, inputs: Inputs) -> dict[str, Any]:
+def summary_base(result: JointCKA | LayerCKA, description: str) -> dict[str, Any]:
     """The summary fields every CKA analysis reports: sample, batching, estimator, inputs."""
     return {
         "examples": result.n_examples,
         "batches": result.n_batches,
         "estimator": result.estimator,
-        "inputs": inputs.description,
+        "inputs": description,
     }

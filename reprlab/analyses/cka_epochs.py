@@ -1,11 +1,14 @@
 """``analysis=cka_epochs``: CKA of ``model`` across training, from its kept epoch snapshots.
 
 A within-model heatmap per epoch, and per layer the CKA of each epoch's representation with the
-final one (Cianfarani et al. 2022: robust overfitting mostly changes the deeper layers).
+final one (Cianfarani et al. 2022: robust overfitting mostly changes the deeper layers). Only the
+blocks drawn are computed (each epoch with itself and with the final epoch), so time and memory
+grow linearly with the number of epochs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -13,49 +16,61 @@ from omegaconf import DictConfig
 
 from reprlab import plots
 from reprlab.analyses import cka_common as common
+from reprlab.analyses.cka_common import CKASettings
 from reprlab.context import RunContext
 from reprlab.errors import ReprlabError
 from reprlab.layerwise import Member
 
 
-def validate(cfg: DictConfig) -> None:
-    common.validate_settings(cfg)
-    epochs = cfg.analysis.epochs
-    if epochs is None:
-        return
+@dataclass
+class Settings(CKASettings):
+    """CKA settings plus ``epochs``: snapshot epochs to compare with the final one (None: all)."""
+
+    epochs: list[int] | None = None
+
+
+def settings(cfg: DictConfig) -> Settings:
+    s: Settings = common.settings(cfg, Settings)
+    if s.epochs is None:
+        return s
     kept = set(cfg.model.snapshot_epochs) | {cfg.model.train.epochs}
-    unknown = sorted(int(e) for e in epochs if int(e) not in kept)
+    unknown = sorted(e for e in s.epochs if e not in kept)
     if unknown:
         raise ReprlabError(
             f"analysis.epochs has {unknown}, which model.snapshot_epochs does not keep "
             f"({sorted(kept)}); choose among those"
         )
+    return s
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    s = settings(cfg)
     loaded = ctx.model("model")
     final = loaded.recipe.train.epochs
     kept = [e for e in loaded.entry.snapshot_epochs() if e != final]
-    wanted = kept if cfg.analysis.epochs is None else sorted({int(e) for e in cfg.analysis.epochs})
+    wanted = kept if s.epochs is None else sorted(set(s.epochs))
     wanted = [e for e in wanted if e != final]
     missing = [e for e in wanted if e not in kept]
     if missing or not wanted:
         raise ReprlabError(
             f"{loaded.label} has no snapshot for epoch(s) {missing or 'any before the last'} "
             f"(kept: {kept or 'none'}); choose from those, or retrain with "
-            f"model.snapshot_epochs=[...] after `reprlab cache rm {loaded.entry.key}`"
+            f"model.snapshot_epochs=[...] after `reprlab cache rm {loaded.key}`"
         )
     labels = [f"epoch {e}" for e in wanted] + [f"epoch {final} (final)"]
+    final_label = labels[-1]
     models = [ctx.load(loaded.recipe, loaded.entry.snapshot_path(e)) for e in wanted]
     models.append(loaded.model)
-    taps = common.taps_of(cfg, loaded.model)
+    taps = common.taps_of(s, loaded.model)
     members = [Member(label, model, taps) for label, model in zip(labels, models, strict=True)]
-    inputs = common.prepare_inputs(cfg, ctx)
-    result = common.compute(cfg, ctx, members, inputs, target_index=len(members) - 1)
+    source = common.sample(s, ctx)
+    description = common.describe_inputs(s, source, final_label)
+    groups = [(label, final_label) for label in labels[:-1]]
+    result = common.compute(s, ctx, members, source, len(members) - 1, groups=groups)
 
     to_final = {}
     summary: dict[str, Any] = {
-        **common.summary_base(result, inputs),
+        **common.summary_base(result, description),
         "model": loaded.label,
         "epochs": [*wanted, final],
     }
@@ -65,13 +80,13 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             ctx,
             f"cka_epoch_{epoch:03d}",
             within,
-            title=common.title(cfg, ctx, f"CKA within {loaded.label}, {label}", result, inputs),
+            title=common.title(s, ctx, f"CKA within {loaded.label}, {label}", result, description),
             row_model=label,
             col_model=label,
         )
         summary[f"mean_off_diagonal.epoch_{epoch}"] = common.mean_off_diagonal(within.matrix)
         if epoch != final:
-            _, values = common.same_layer(result.block(label, labels[-1]))
+            _, values = common.same_layer(result.block(label, final_label))
             to_final[label] = values
             summary[f"mean_cka_to_final.epoch_{epoch}"] = float(values.mean())
     table = pd.DataFrame(to_final, index=list(taps)).T
@@ -84,7 +99,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             list(taps),
             ylabel=f"CKA with epoch {final}",
             title=f"{loaded.label} across training · {ctx.dataset.name} · N={result.n_examples} · "
-            f"{inputs.description}",
+            f"{description}",
         ),
     )
     ctx.run.write_json("cka", summary)

@@ -14,31 +14,35 @@ from omegaconf import DictConfig
 
 from reprlab import plots
 from reprlab.analyses import cka_common as common
+from reprlab.analyses.cka_common import CKASettings
 from reprlab.context import RunContext
 from reprlab.errors import ReprlabError
 from reprlab.layerwise import Member
 
 
-def validate(cfg: DictConfig) -> None:
-    common.validate_settings(cfg)
+def settings(cfg: DictConfig) -> CKASettings:
+    s = common.settings(cfg)
     if cfg.get("ref") is None:
         raise ReprlabError(
             "cka_panels compares a robust model with a standard ref: add ref=<recipe>, "
             "e.g. model=resnet18_at ref=resnet18"
         )
+    return s
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    s = settings(cfg)
     robust, standard = ctx.model("model"), ctx.model("ref")
     rob, std = robust.label, standard.label
     if rob == std:
         rob, std = f"{rob} (model)", f"{std} (ref)"
-    inputs = common.prepare_inputs(cfg, ctx)
+    source = common.sample(s, ctx)
+    description = common.describe_inputs(s, source, robust.label)
     members = [
-        Member(std, standard.model, common.taps_of(cfg, standard.model)),
-        Member(rob, robust.model, common.taps_of(cfg, robust.model)),
+        Member(std, standard.model, common.taps_of(s, standard.model)),
+        Member(rob, robust.model, common.taps_of(s, robust.model)),
     ]
-    result = common.compute(cfg, ctx, members, inputs, target_index=1)
+    result = common.compute(s, ctx, members, source, target_index=1)
     blocks = {
         "ref": (result.block(std, std), std, std),
         "model": (result.block(rob, rob), rob, rob),
@@ -55,12 +59,12 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         (block.matrix.numpy(), block.row_taps, block.col_taps, f"{rows} vs {cols}", rows, cols)
         for block, rows, cols in blocks.values()
     ]
-    figure = plots.cka_panels(panels, title=common.title(cfg, ctx, "CKA", result, inputs))
+    figure = plots.cka_panels(panels, title=common.title(s, ctx, "CKA", result, description))
     ctx.run.save_figure("cka_panels", figure)
 
     cross = blocks["cross"][0]
     summary = {
-        **common.summary_base(result, inputs),
+        **common.summary_base(result, description),
         "model": robust.label,
         "ref": standard.label,
         "mean_off_diagonal_ref": common.mean_off_diagonal(blocks["ref"][0].matrix),

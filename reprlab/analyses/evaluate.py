@@ -2,63 +2,73 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 
 from reprlab import plots
+from reprlab.analyses import inputs
 from reprlab.attacks import robust_accuracy
-from reprlab.config import attack_spec, check_non_negative, check_positive
-from reprlab.context import RunContext, describe_adversary, make_attack
+from reprlab.config import attack_spec, check_non_negative, check_positive, typed
+from reprlab.context import RunContext
 from reprlab.errors import ReprlabError
+from reprlab.recipes import describe_adversary, make_attack
 
 DEFAULT_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 
 
-def radii(cfg: DictConfig) -> list[float]:
-    """The radii to evaluate: ``analysis.eps`` or fractions of ``attack.eps``; always with 0 and
+@dataclass
+class Settings:
+    """``analysis=evaluate``: a seeded test sample and the radii to attack it at."""
+
+    name: str
+    examples: int | None  # None: the whole test split
+    batch_size: int
+    eps: Any  # None (fractions of attack.eps), one radius, or a list of radii
+
+
+def radii(cfg: DictConfig, eps: Any) -> list[float]:
+    """The radii to evaluate: ``eps`` or fractions of ``attack.eps``; always with 0 and
     ``attack.eps`` itself (the summary's robust accuracy)."""
     base = float(cfg.attack.eps)
-    values = cfg.analysis.eps
+    values = eps
     if values is None:
         values = [f * base for f in DEFAULT_FRACTIONS]
     elif isinstance(values, (int, float)):
         values = [values]
-    radii = sorted({0.0, base, *(float(v) for v in values)})
-    return radii
+    return sorted({0.0, base, *(float(v) for v in values)})
 
 
-def validate(cfg: DictConfig) -> None:
-    analysis = cfg.analysis
-    if analysis.examples is not None:
-        check_positive("analysis.examples", analysis.examples)
-    check_positive("analysis.batch_size", analysis.batch_size)
+def settings(cfg: DictConfig) -> Settings:
+    s: Settings = typed(cfg.analysis, Settings, "analysis")
+    if s.examples is not None:
+        check_positive("analysis.examples", s.examples)
+    check_positive("analysis.batch_size", s.batch_size)
     try:
-        values = radii(cfg)
+        values = radii(cfg, s.eps)
     except (TypeError, ValueError):
         raise ReprlabError(
-            f"analysis.eps={analysis.eps} is invalid: give a list of radii, "
-            "e.g. analysis.eps=[0.1,0.3]"
+            f"analysis.eps={s.eps} is invalid: give a list of radii, e.g. analysis.eps=[0.1,0.3]"
         ) from None
     for value in values:
         check_non_negative("analysis.eps", value)
+    return s
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    s = settings(cfg)
     loaded = ctx.model("model")
-    loader = ctx.test_loader(cfg.analysis.examples, int(cfg.analysis.batch_size))
-    batches = list(loader.epoch(0))
-    n = sum(len(y) for _, y in batches)
+    source = inputs.sample(ctx, examples=s.examples, batch_size=s.batch_size, with_attack=False)
+    batches = source.batches
+    n = source.examples
     spec = attack_spec(cfg.attack)
     rows = []
-    for eps in radii(cfg):
+    for eps in radii(cfg, s.eps):
         attack = make_attack(replace(spec, eps=eps)) if eps > 0 else None
-        generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
         accuracy = robust_accuracy(
-            loaded.model, batches, attack, generator=generator, progress=ctx.progress
+            loaded.model, batches, attack, generator=ctx.generator(), progress=ctx.progress
         )
         rows.append(
             {

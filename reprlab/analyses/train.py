@@ -5,24 +5,34 @@ Writes the per-epoch metrics (held-out clean and PGD accuracy) as CSV and traini
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 from omegaconf import DictConfig
 
 from reprlab import plots
-from reprlab.context import RunContext, describe_adversary
+from reprlab.config import typed
+from reprlab.context import RunContext
+from reprlab.recipes import describe_adversary
 
 
-def validate(cfg: DictConfig) -> None:
-    """Nothing beyond the model recipe, which every run validates."""
+@dataclass
+class Settings:
+    """``analysis=train`` has no parameters beyond the model recipe, which every run checks."""
+
+    name: str
+
+
+def settings(cfg: DictConfig) -> Settings:
+    return typed(cfg.analysis, Settings, "analysis")
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     loaded = ctx.model("model")
     history = loaded.entry.history()
     summary: dict[str, Any] = {
-        "key": loaded.entry.key,
+        "key": loaded.key,
         "adversary": describe_adversary(loaded.recipe),
         "epochs": len(history),
         "train_seconds": loaded.entry.meta.get("train_seconds"),

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from reprlab.data import imagenet
 from reprlab.data.registry import check_available, dataset_info, load_tensors, subset_indices
-from reprlab.runtime import resolve_device
+from reprlab.runtime import resolve_device, seeded_generator
 
 TENSOR_AUGMENTATIONS = ("none", "crop_flip", "crop")
 CROP_PADDING = 4
@@ -133,7 +133,7 @@ class TensorLoader:
         n = self.num_examples
         # Drawn on the CPU so the batches do not depend on the device either.
         (order_seed,) = epoch_seeds(self.seed, epoch)
-        generator = torch.Generator().manual_seed(order_seed)
+        generator = seeded_generator(order_seed)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         order = order.to(self.device)
         offsets = flips = None
@@ -208,7 +208,7 @@ class StreamLoader:
         """The batches of epoch ``epoch``: x float32 [b, c, h, w] in [0, 1], y int64 [b]."""
         n = self.num_examples
         order_seed, items_seed = epoch_seeds(self.seed, epoch, count=2)
-        generator = torch.Generator().manual_seed(order_seed)
+        generator = seeded_generator(order_seed)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         loader = DataLoader(
             _SeededItems(self.dataset, items_seed),

@@ -25,6 +25,7 @@ from torchvision.datasets.utils import download_url
 
 from reprlab.data import imagenet, mnist_offline
 from reprlab.errors import ReprlabError
+from reprlab.runtime import seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ def subset_indices(n: int, limit: int | None, seed: int) -> torch.Tensor:
         if limit > n:
             log.warning("limit %d exceeds the %d examples available; using all of them", limit, n)
         return torch.arange(n)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     return torch.randperm(n, generator=generator)[:limit].sort().values
 
 
@@ -327,7 +328,7 @@ _SYNTHETIC_NOISE = 0.2
 
 def _synthetic_templates() -> torch.Tensor:
     """One smooth random pattern per class, float [10, 1, 16, 16] in [0.1, 0.9]."""
-    generator = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    generator = seeded_generator(SYNTHETIC_SEED)
     coarse = torch.randn(10, 1, 4, 4, generator=generator)
     smooth = F.interpolate(coarse, size=_SYNTHETIC_SIDE, mode="bicubic", align_corners=False)
     low = smooth.amin(dim=(2, 3), keepdim=True)
@@ -347,7 +348,7 @@ def synthetic_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     _check_split(split)
     templates = _synthetic_templates()
     n = SYNTHETIC_SIZES[split]
-    generator = torch.Generator().manual_seed(SYNTHETIC_SEED + 1 + SPLITS.index(split))
+    generator = seeded_generator(SYNTHETIC_SEED + 1 + SPLITS.index(split))
     labels = torch.randint(0, 10, (n,), generator=generator)
     side, shift = _SYNTHETIC_SIDE, _SYNTHETIC_SHIFT
     padded = F.pad(templates[labels], (shift,) * 4, mode="replicate")
