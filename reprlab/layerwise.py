@@ -16,9 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from reprlab.errors import ReprlabError
-from reprlab.models.base import Classifier
+from reprlab.models.base import Classifier, select_taps
 from reprlab.similarity import MinibatchCKA, gram_stack
-from reprlab.taps import TapRecorder
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,7 @@ def joint_layer_cka(
     for member in members:
         if not member.taps:
             raise ReprlabError(f"no taps to compare for {member.label}; check the tap lists")
-        TapRecorder(member.model, member.taps)  # validates the tap names before any work
+        select_taps(member.model, member.taps)  # validates the tap names before any work
     names = [f"{m.label}:{tap}" for m in members for tap in m.taps]
     accumulator = MinibatchCKA(names, kernel=kernel, unbiased=unbiased, rbf_threshold=rbf_threshold)
     total = len(batches) if isinstance(batches, Sized) else None
@@ -207,9 +206,9 @@ def _per_member(batch: torch.Tensor | Sequence[torch.Tensor], count: int) -> lis
 def _member_grams(
     member: Member, x: torch.Tensor, accumulator: MinibatchCKA, *, pool: bool
 ) -> torch.Tensor:
-    """One forward pass of ``member`` on ``x``; the Grams [len(taps), n, n] of its taps."""
-    with torch.no_grad(), TapRecorder(member.model, member.taps) as recorder:
-        _, activations = recorder.forward(x)
+    """``member``'s stages up to its last tap on ``x``; the Grams [len(taps), n, n] of its taps."""
+    with torch.no_grad():
+        activations = member.model.features(x, member.taps)
     features = [_reduce(activations[tap], pool) for tap in member.taps]
     del activations
     return gram_stack(features, kernel=accumulator.kernel, rbf_threshold=accumulator.rbf_threshold)
