@@ -1,4 +1,4 @@
-"""The ``reprlab`` command: ``run`` (Hydra), ``cache``, ``report``, ``download``.
+"""The ``reprlab`` command: ``run`` (Hydra), ``cache``, ``taps``, ``report``, ``download``.
 
 ``reprlab run <args>`` hands ``<args>`` to Hydra unchanged (``-m`` sweeps, ``--cfg job``,
 ``--help`` and ``hydra.*`` overrides all work). Before Hydra starts, every job of the run is
@@ -263,6 +263,63 @@ def cache_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- taps -------------------------------------------------------------------------------------
+
+
+def format_taps(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Text table of :func:`reprlab.taps.describe_taps` rows: tap, kind, shape and marks."""
+    widths = [max(len(h), *(len(str(r[k])) for r in rows)) for h, k in
+              (("tap", "tap"), ("kind", "kind"), ("shape", "shape"))]  # fmt: skip
+    lines = [f"{'tap':<{widths[0]}}  {'kind':<{widths[1]}}  {'shape':<{widths[2]}}  marks"]
+    for row in rows:
+        marks = " ".join(
+            mark for mark, on in (("split", row["splittable"]),
+                                  ("representation", row["representation"])) if on
+        )  # fmt: skip
+        lines.append(
+            f"{row['tap']:<{widths[0]}}  {row['kind']:<{widths[1]}}  "
+            f"{row['shape']:<{widths[2]}}  {marks}".rstrip()
+        )
+    return lines
+
+
+def taps_command(args: argparse.Namespace) -> int:
+    """``reprlab taps model=<recipe> [dataset=<name>] [ref=<recipe>]``: list every tap.
+
+    Builds the untrained architecture for the dataset's input shape (no training, no files
+    written, no dataset files needed) and prints its taps in forward order.
+    """
+    from hydra.errors import HydraException
+
+    from reprlab.config import dataset_spec, recipe
+    from reprlab.context import build_for
+    from reprlab.data import dataset_info
+    from reprlab.taps import describe_taps
+
+    try:
+        check_group_choices(args.overrides)
+    except HydraException as err:
+        raise ReprlabError(str(err).splitlines()[0]) from None
+    cfg = compose_config(args.overrides)
+    info = dataset_info(dataset_spec(cfg.get("dataset")).name)
+    for where in ("model", "ref"):
+        if cfg.get(where) is None:
+            continue
+        spec = recipe(cfg[where], where)
+        model = build_for(spec, info)
+        rows = describe_taps(model)
+        blocks = sum(row["kind"] == "block" for row in rows)
+        shape = "x".join(str(d) for d in model.input_shape)
+        print(
+            f"{where}={spec.name}: {spec.arch} on {info.name} (input {shape}), "
+            f"{blocks} block taps, {len(rows) - blocks} layer taps, forward order"
+        )
+        print("\n".join(format_taps(rows)))
+        print("split: front/back can cut there (block taps); shapes are per example.")
+        print("Select taps with 'blocks', 'all' (the layer taps) or a list of names.\n")
+    return 0
+
+
 # --- report, download -------------------------------------------------------------------------
 
 
@@ -323,6 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(handler=cache_import)
     for sub in (ls, rm, gc, imp):
         sub.add_argument("--store", default="outputs/store", help=store_help)
+
+    taps = commands.add_parser(
+        "taps",
+        help="list a model's taps: reprlab taps model=resnet18 dataset=cifar10",
+        description="Print every tap (block and layer) of a recipe's architecture for a "
+        "dataset's input shape, with activation shapes; marks the representation and the "
+        "split points. Example: reprlab taps model=resnet18_at dataset=cifar10",
+    )
+    taps.add_argument("overrides", nargs="*", help="config overrides: model=, dataset=, ref=")
+    taps.set_defaults(handler=taps_command)
 
     rep = commands.add_parser("report", help="gather many runs (a sweep) into one table")
     rep.add_argument("runs_dir", help="a sweep directory or any directory holding runs")

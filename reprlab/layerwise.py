@@ -16,9 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from reprlab.errors import ReprlabError
-from reprlab.models.base import Classifier
+from reprlab.models.base import Classifier, select_taps
 from reprlab.similarity import MinibatchCKA, gram_stack
-from reprlab.taps import TapRecorder
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,7 @@ def joint_layer_cka(
     for member in members:
         if not member.taps:
             raise ReprlabError(f"no taps to compare for {member.label}; check the tap lists")
-        TapRecorder(member.model, member.taps)  # validates the tap names before any work
+        select_taps(member.model, member.taps)  # validates the tap names before any work
     by_label = {m.label: m for m in members}
     accumulators = [
         MinibatchCKA(
@@ -240,9 +239,9 @@ def _per_member(batch: torch.Tensor | Sequence[torch.Tensor], count: int) -> lis
 def _member_grams(
     member: Member, x: torch.Tensor, accumulator: MinibatchCKA, *, pool: bool
 ) -> torch.Tensor:
-    """One forward pass of ``member`` on ``x``; the Grams [len(taps), n, n] of its taps."""
-    with torch.no_grad(), TapRecorder(member.model, member.taps) as recorder:
-        _, activations = recorder.forward(x)
+    """``member``'s stages up to its last tap on ``x``; the Grams [len(taps), n, n] of its taps."""
+    with torch.no_grad():
+        activations = member.model.features(x, member.taps)
     features = [_reduce(activations[tap], pool) for tap in member.taps]
     del activations
     return gram_stack(features, kernel=accumulator.kernel, rbf_threshold=accumulator.rbf_threshold)
@@ -287,12 +286,12 @@ def layer_cka(
     With no second model, taps or stream, the matrix is within-model ([p, p], symmetric, unit
     diagonal) and each batch runs one forward pass and one set of Grams.
     """
-    rows = tuple(model_a.tap_names if taps_a is None else taps_a)
+    rows = tuple(model_a.block_taps if taps_a is None else taps_a)
     members = [Member("a", model_a, rows)]
     stream: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = batches
     if model_b is not None or taps_b is not None or batches_b is not None:
         second = model_a if model_b is None else model_b
-        members.append(Member("b", second, tuple(second.tap_names if taps_b is None else taps_b)))
+        members.append(Member("b", second, tuple(second.block_taps if taps_b is None else taps_b)))
         stream = _paired(batches, batches_b)
     joint = joint_layer_cka(
         members,

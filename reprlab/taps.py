@@ -1,123 +1,87 @@
-"""Capturing activations at a model's named taps.
+"""Activations at a model's named taps: recording during any forward pass, the representation.
 
-A tap's activation is the output of its submodule, cloned at capture time: in-place ReLUs and
-modules called twice (torchvision's BasicBlock reuses one ReLU) would otherwise corrupt it. A tap
-that fires zero times or more than once in one forward pass is an error, never a silent guess.
+The tap machinery itself lives on the model (:meth:`~reprlab.models.Classifier.features`,
+``front``/``back``, :func:`~reprlab.models.select_taps`); this module adds what sits on top:
+:class:`TapRecorder` for activations of forward passes someone else runs (a training or attack
+loop calling ``model(x)``), the differentiable :func:`representation`, and :func:`describe_taps`
+for the ``reprlab taps`` command. Captured tensors are clones, so in-place ReLUs and reused
+modules cannot corrupt them; a hooked module that runs a number of times other than the probe
+found is a :class:`TapError`, never a silent guess.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from reprlab.errors import ReprlabError
-from reprlab.models.base import Classifier
+from reprlab.models.base import Classifier, TapSpec, select_taps
+from reprlab.models.probe import CallCapture, TapError
 
-
-class TapError(RuntimeError):
-    """A tap fired zero or several times in one forward pass."""
+__all__ = ["TapError", "TapRecorder", "describe_taps", "representation"]
 
 
 class TapRecorder:
-    """Context manager that records the listed taps of ``model`` during forward passes.
+    """Context manager that records taps of ``model`` during full forward passes.
 
-    Use :meth:`forward` (or call the model and then :meth:`collect`) inside the ``with`` block.
-    ``detach=True`` (default) stores detached clones; ``detach=False`` keeps the autograd graph
-    (for objectives on intermediate representations).
+    ``taps``: as :func:`~reprlab.models.select_taps` (default: the block taps). Use
+    :meth:`forward` (or call the model and then :meth:`collect`) inside the ``with`` block.
+    ``detach=True`` (default) stores detached clones; ``detach=False`` keeps the autograd graph.
     """
 
     def __init__(
-        self, model: Classifier, taps: Sequence[str] | None = None, *, detach: bool = True
+        self, model: Classifier, taps: TapSpec | None = None, *, detach: bool = True
     ) -> None:
-        names = list(model.tap_points) if taps is None else list(taps)
-        unknown = [name for name in names if name not in model.tap_points]
-        if unknown:
-            raise ReprlabError(
-                f"unknown tap(s) {', '.join(unknown)} for {model.arch}; "
-                f"available: {', '.join(model.tap_points)}"
-            )
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ReprlabError(
-                f"tap(s) {', '.join(repeated)} listed more than once; list each once"
-            )
         self.model = model
-        self.names = names
-        self.detach = detach
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._captured: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        self.names = select_taps(model, "blocks" if taps is None else taps)
+        probe = model.probe()
+        info = {t.name: t for t in probe.taps}
+        targets = {name: (info[name].module, info[name].call) for name in self.names}
+        expected = {path: len(probe.calls[path]) for path, _ in targets.values()}
+        self._capture = CallCapture(model.net, targets, expected, detach=detach)
 
     def __enter__(self) -> TapRecorder:
-        self._clear()
-        for name in self.names:
-            module = self.model.get_submodule(self.model.tap_points[name])
-            self._handles.append(module.register_forward_hook(self._hook_for(name)))
+        self._capture.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def _hook_for(self, name: str):
-        def hook(_module, _inputs, output):
-            tensor = output.detach() if self.detach else output
-            self._captured[name].append(tensor.clone())
-
-        return hook
-
-    def _clear(self) -> None:
-        for values in self._captured.values():
-            values.clear()
+        self._capture.__exit__(*exc_info)
 
     def collect(self) -> dict[str, torch.Tensor]:
-        """Return the activations of the last forward pass, tap name -> tensor, forward order.
+        """The activations of the last forward pass, tap name -> tensor, in forward order.
 
-        Raises :class:`TapError` if any tap fired a number of times other than once.
+        Raises :class:`TapError` if a hooked module ran a number of times other than probed.
         """
-        counts = {name: len(values) for name, values in self._captured.items()}
-        wrong = {name: count for name, count in counts.items() if count != 1}
-        if wrong:
-            self._clear()
-            raise TapError(
-                f"taps of {self.model.arch} must fire exactly once per forward pass; "
-                f"times fired: {wrong}"
-            )
-        return {name: values.pop() for name, values in self._captured.items()}
+        return self._capture.collect()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run the model on ``x``; return (logits, activations at the recorded taps)."""
-        self._clear()  # drop leftovers of a forward pass that raised before collect()
+        self._capture.reset()  # drop leftovers of a forward pass that raised before collect()
         logits = self.model(x)
         return logits, self.collect()
 
 
-def capture(
-    model: Classifier, x: torch.Tensor, taps: Sequence[str] | None = None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One forward pass of ``model`` on ``x``; return (logits, detached clones of the taps)."""
-    with TapRecorder(model, taps) as recorder:
-        return recorder.forward(x)
-
-
 def representation(model: Classifier, x: torch.Tensor) -> torch.Tensor:
-    """The penultimate representation [n, d] of ``x``, differentiable with respect to ``x``."""
-    with TapRecorder(model, [model.representation_tap], detach=False) as recorder:
-        _, activations = recorder.forward(x)
-    return activations[model.representation_tap].flatten(1)
+    """The penultimate representation [n, d] of ``x``, differentiable with respect to ``x``.
+
+    Runs the stages only up to the representation tap (never the final linear layer).
+    """
+    tap = model.representation_tap
+    return model.features(x, [tap], detach=False)[tap].flatten(1)
 
 
-def select_taps(model: Classifier, spec: str | Sequence[str] = "blocks") -> tuple[str, ...]:
-    """The taps named by ``spec`` in forward order: ``"blocks"`` or a list of tap names."""
-    if isinstance(spec, str) and spec == "blocks":
-        return tuple(model.tap_names)
-    if isinstance(spec, str):
-        raise ReprlabError(f"unknown tap selection {spec!r}; use blocks or a list of taps")
-    unknown = [t for t in spec if t not in model.tap_points]
-    if unknown:
-        raise ReprlabError(
-            f"unknown tap(s) {', '.join(unknown)} for {model.arch}; "
-            f"available: {', '.join(model.tap_names)}"
-        )
-    return tuple(t for t in model.tap_names if t in set(spec))
+def describe_taps(model: Classifier) -> list[dict[str, object]]:
+    """One row per tap of ``model``, forward order, for people choosing taps.
+
+    Keys: ``tap`` (name), ``kind`` (``block``/``layer``), ``shape`` (per-example activation
+    shape at ``model.input_shape``, e.g. ``64x32x32``), ``splittable`` (``front``/``back`` can cut
+    there), ``representation`` (the penultimate representation tap).
+    """
+    return [
+        {
+            "tap": t.name,
+            "kind": t.kind,
+            "shape": "x".join(str(d) for d in t.shape),
+            "splittable": t.splittable,
+            "representation": t.kind == "block" and t.name == model.representation_tap,
+        }
+        for t in model.probe().taps
+    ]

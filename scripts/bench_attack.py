@@ -31,7 +31,7 @@ from torch import nn
 
 from reprlab.attacks import PGD
 from reprlab.models import available_archs, build_model
-from reprlab.models.base import Body, Classifier
+from reprlab.models.base import Body, Classifier, sequential_stages
 from reprlab.runtime import resolve_device
 
 TARGET_RATIO = 1.1
@@ -53,8 +53,11 @@ def small_cnn() -> Classifier:
         nn.Flatten(),
         nn.Linear(64, NUM_CLASSES),
     )
-    body = Body(net=net, taps={"pool": "8", "logits": "9"}, representation="pool")
-    return Classifier("small_cnn", body, mean=[0.5] * CHANNELS, std=[0.25] * CHANNELS)
+    stages = sequential_stages(net, {"pool": "8", "logits": "9"})
+    body = Body(net=net, stages=stages, representation="pool")
+    return Classifier(
+        "small_cnn", body, mean=[0.5] * CHANNELS, std=[0.25] * CHANNELS, image_size=IMAGE_SIZE
+    )
 
 
 def make_model(name: str) -> Classifier:

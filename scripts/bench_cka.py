@@ -16,7 +16,8 @@ Prints, from one run:
     (CPU: peak RSS delta; CUDA: max_memory_allocated delta), and their ratio (target ~1).
 
 ``--taps declared`` uses the architecture's taps (resnet18: stem, 8 blocks, pool, logits);
-``--taps layers`` adds every conv, BatchNorm and linear output, as Cianfarani et al. tap.
+``--taps layers`` uses the layer taps instead (every conv, BatchNorm, ReLU, pooling and linear
+output, as Cianfarani et al. tap; modules called twice per pass are left out for torch-cka).
 
 Run from the repository root with reprlab importable (``pip install -e .`` or PYTHONPATH=.)::
 
@@ -43,9 +44,8 @@ import torch
 from torch import nn
 
 from reprlab.layerwise import layer_cka
-from reprlab.models import available_archs, build_model
-from reprlab.models.base import Body, Classifier
-from reprlab.taps import capture
+from reprlab.models import available_archs, build_model, select_taps
+from reprlab.models.base import Classifier
 
 INPUTS = {  # arch -> (channels, image size)
     "resnet18": (3, 32),
@@ -53,35 +53,27 @@ INPUTS = {  # arch -> (channels, image size)
 }
 
 
-def with_layer_taps(model: Classifier, example: torch.Tensor) -> Classifier:
-    """``model`` sharing its weights, tapped at every conv, BatchNorm and linear output too.
+def bench_taps(model: Classifier, taps: str) -> tuple[str, ...]:
+    """The taps both tools compare: block taps ("declared") or layer taps ("layers").
 
-    Cianfarani et al. tap every layer; the architectures declare coarser taps (block outputs).
-    Taps are ordered by when they fire on ``example``; modules that fire more than once are left
-    out.
+    torch-cka hooks modules by name and keeps every call, so taps of modules that run more than
+    once per forward pass (torchvision's shared block ReLU) are left out.
     """
-    names = {path.removeprefix("net."): name for name, path in model.tap_points.items()}
-    for path, module in model.net.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) and path not in names:
-            names[path] = path
-    fired: list[str] = []
-    handles = [
-        model.net.get_submodule(path).register_forward_hook(lambda *_, p=path: fired.append(p))
-        for path in names
-    ]
-    with torch.no_grad():
-        model(example)
-    for handle in handles:
-        handle.remove()
-    once = [path for path in dict.fromkeys(fired) if fired.count(path) == 1]
-    body = Body(
-        net=model.net, taps={names[p]: p for p in once}, representation=model.representation_tap
-    )
-    mean, std = model.normalize.mean.flatten().tolist(), model.normalize.std.flatten().tolist()
-    return Classifier(f"{model.arch}+layers", body, mean=mean, std=std).to(example.device)
+    probe = model.probe()
+    where = {t.name: t.module for t in probe.taps}
+    names = select_taps(model, "blocks" if taps == "declared" else "all")
+    return tuple(name for name in names if len(probe.calls[where[name]]) == 1)
 
 
-def build_pair(arch: str, taps: str, device: torch.device) -> tuple[Classifier, Classifier]:
+def tap_modules(model: Classifier, taps: tuple[str, ...]) -> list[str]:
+    """``net.<path>`` of the module whose output each tap is (what torch-cka hooks)."""
+    where = {t.name: t.module for t in model.probe().taps}
+    return [f"net.{where[name]}" for name in taps]
+
+
+def build_pair(
+    arch: str, taps: str, device: torch.device
+) -> tuple[Classifier, Classifier, tuple[str, ...]]:
     """Two differently seeded, randomly initialised models of ``arch`` in eval mode.
 
     ``taps``: "declared" (the architecture's own) or "layers" (every conv/BN/linear as well).
@@ -101,11 +93,8 @@ def build_pair(arch: str, taps: str, device: torch.device) -> tuple[Classifier, 
         for module in model.modules():  # torch-cka keeps hook outputs without cloning them
             if isinstance(module, nn.ReLU):
                 module.inplace = False
-        model = model.to(device).eval()
-        if taps == "layers":
-            model = with_layer_taps(model, torch.rand(2, channels, size, size, device=device))
-        models.append(model.eval())
-    return models[0], models[1]
+        models.append(model.to(device).eval())
+    return models[0], models[1], bench_taps(models[0], taps)
 
 
 def image_batches(
@@ -130,14 +119,24 @@ def timed(fn: Callable[[], torch.Tensor | None], device: torch.device) -> tuple[
     return time.perf_counter() - start, result
 
 
-def run_ours(model_a, model_b, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+def run_ours(model_a, model_b, taps, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
     """reprlab's matrix [p, q] with torch-cka's estimator (linear, unbiased, flattened)."""
     batches = (x.to(device) for x in images.split(batch_size))
-    result = layer_cka(model_a, batches, model_b=model_b, kernel="linear", unbiased=True)
+    result = layer_cka(
+        model_a,
+        batches,
+        taps_a=taps,
+        model_b=model_b,
+        taps_b=taps,
+        kernel="linear",
+        unbiased=True,
+    )
     return result.matrix
 
 
-def run_torch_cka(model_a, model_b, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+def run_torch_cka(
+    model_a, model_b, taps, images: torch.Tensor, batch_size: int, device
+) -> torch.Tensor:
     """torch-cka 0.21's matrix for all taps of both models, in the dtype of models and images.
 
     torch-cka leaves its hooks on the models it is given, so it gets copies.
@@ -152,8 +151,8 @@ def run_torch_cka(model_a, model_b, images: torch.Tensor, batch_size: int, devic
         model_b,
         model1_name="model_a",
         model2_name="model_b",
-        model1_layers=list(model_a.tap_points.values()),
-        model2_layers=list(model_b.tap_points.values()),
+        model1_layers=tap_modules(model_a, taps),
+        model2_layers=tap_modules(model_b, taps),
         device=str(device),
     )
     default_dtype = torch.get_default_dtype()
@@ -166,35 +165,35 @@ def run_torch_cka(model_a, model_b, images: torch.Tensor, batch_size: int, devic
     return peer.export()["CKA"].to(torch.float64)
 
 
-def forward_only(model_a, model_b, images: torch.Tensor, batch_size: int, device) -> None:
+def forward_only(model_a, model_b, taps, images: torch.Tensor, batch_size: int, device) -> None:
     """The floor both tools share: forward passes of both models capturing every tap."""
     with torch.no_grad():
         for x in images.split(batch_size):
-            capture(model_a, x.to(device))
-            capture(model_b, x.to(device))
+            model_a.features(x.to(device), taps)
+            model_b.features(x.to(device), taps)
 
 
 def compare_speed(args: argparse.Namespace) -> None:
     """Time both tools on the same models, taps and batches; check they agree."""
     device = torch.device(args.device)
-    model_a, model_b = build_pair(args.arch, args.taps, device)
+    model_a, model_b, taps = build_pair(args.arch, args.taps, device)
     images = torch.cat(list(image_batches(args.arch, args.n, args.n, torch.device("cpu"))))
-    p, q = len(model_a.tap_names), len(model_b.tap_names)
+    p = q = len(taps)
     print(f"{args.arch}, {args.taps} taps ({p} x {q}), {args.n} images, batch {args.batch_size}")
     print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
-    forward_only(model_a, model_b, images[: args.batch_size], args.batch_size, device)  # warm-up
+    forward_only(model_a, model_b, taps, images[: args.batch_size], args.batch_size, device)
     floor, _ = timed(
-        lambda: forward_only(model_a, model_b, images, args.batch_size, device), device
+        lambda: forward_only(model_a, model_b, taps, images, args.batch_size, device), device
     )
     ours_s, ours_matrix = timed(
-        lambda: run_ours(model_a, model_b, images, args.batch_size, device), device
+        lambda: run_ours(model_a, model_b, taps, images, args.batch_size, device), device
     )
     print(f"forward passes alone (both models): {floor:9.2f} s")
     print(f"reprlab layer_cka:                  {ours_s:9.2f} s")
     if args.skip_peer:
         return
     peer_s, peer_matrix = timed(
-        lambda: run_torch_cka(model_a, model_b, images, args.batch_size, device), device
+        lambda: run_torch_cka(model_a, model_b, taps, images, args.batch_size, device), device
     )
     print(f"torch-cka 0.21 (float32):           {peer_s:9.2f} s")
     print(f"speed ratio torch-cka / reprlab:    {peer_s / ours_s:9.1f} x  (target >= 20)")
@@ -208,11 +207,12 @@ def compare_speed(args: argparse.Namespace) -> None:
     reference = run_torch_cka(
         copy.deepcopy(model_a).double(),
         copy.deepcopy(model_b).double(),
+        taps,
         subset.double(),
         args.batch_size,
         device,
     )
-    ours_subset = run_ours(model_a, model_b, subset, args.batch_size, device)
+    ours_subset = run_ours(model_a, model_b, taps, subset, args.batch_size, device)
     difference = (reference - ours_subset).abs().max().item()
     print(
         f"max |torch-cka float64 - reprlab|:  {difference:9.2e}  (target <= 1e-4; "
@@ -251,9 +251,10 @@ def _host_memory_peak() -> int:
 def peak_memory_worker(args: argparse.Namespace) -> None:
     """Run layer_cka on ``args.n`` streamed images; print our peak memory delta as JSON."""
     device = torch.device(args.device)
-    model_a, model_b = build_pair(args.arch, args.taps, device)
+    model_a, model_b, taps = build_pair(args.arch, args.taps, device)
     warmup = next(image_batches(args.arch, 4, 4, device))
-    layer_cka(model_a, [warmup], model_b=model_b, progress=False)  # allocator and lazy init
+    options = {"taps_a": taps, "model_b": model_b, "taps_b": taps, "progress": False}
+    layer_cka(model_a, [warmup], **options)  # allocator and lazy init
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -261,7 +262,7 @@ def peak_memory_worker(args: argparse.Namespace) -> None:
     else:
         before = _host_memory_mark()
     batches = image_batches(args.arch, args.n, args.batch_size, device, seed=1)
-    layer_cka(model_a, batches, model_b=model_b, progress=False)
+    layer_cka(model_a, batches, **options)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
@@ -306,7 +307,7 @@ def parse_args() -> argparse.Namespace:
         "--taps",
         choices=["declared", "layers"],
         default="declared",
-        help="the architecture's taps, or every conv/BN/linear output as well (Cianfarani)",
+        help="the block taps, or the layer taps (every conv/BN/ReLU/pool/linear, Cianfarani)",
     )
     parser.add_argument("--n", type=int, default=384, help="images for the speed comparison")
     parser.add_argument("--batch-size", type=int, default=128)

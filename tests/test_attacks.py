@@ -17,7 +17,7 @@ from torch import nn
 
 from reprlab.attacks import PGD, AttackConfigError, robust_accuracy, sample_start
 from reprlab.errors import ReprlabError
-from reprlab.models.base import Body, Classifier
+from reprlab.models.base import Body, Classifier, sequential_stages
 
 NUM_CLASSES = 10
 SHAPE = (1, 16, 16)
@@ -45,8 +45,9 @@ def _tiny_cnn() -> Classifier:
         nn.ReLU(),
         nn.Linear(32, NUM_CLASSES),
     )
-    body = Body(net=net, taps={"hidden": "7", "logits": "8"}, representation="hidden")
-    return Classifier("tiny_cnn", body, mean=[0.5], std=[0.25])
+    stages = sequential_stages(net, {"hidden": "7", "logits": "8"})
+    body = Body(net=net, stages=stages, representation="hidden")
+    return Classifier("tiny_cnn", body, mean=[0.5], std=[0.25], image_size=16)
 
 
 @pytest.fixture(scope="module")

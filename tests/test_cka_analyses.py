@@ -17,7 +17,6 @@ from reference_cka import cka_matrix
 from reprlab.data import TensorLoader, dataset_info, load_tensors
 from reprlab.models import build_model
 from reprlab.store import load_weights
-from reprlab.taps import capture
 
 CKA = ["analysis.examples=120", "analysis.batch_size=40"]
 RECIPE = [*FAST, "model.train.epochs=3", "model.snapshot_epochs=[1,2]"]
@@ -65,7 +64,8 @@ def activations(model, batches: list[torch.Tensor]) -> dict[str, list[np.ndarray
     """Per tap, the list of per-batch activations (float64 NumPy) of ``model`` in eval mode."""
     per_tap: dict[str, list[np.ndarray]] = {}
     for x in batches:
-        _, acts = capture(model.eval(), x)
+        with torch.no_grad():
+            acts = model.eval().features(x, model.block_taps)
         for tap, value in acts.items():
             per_tap.setdefault(tap, []).append(value.double().numpy())
     return per_tap

@@ -58,6 +58,25 @@ def test_user_errors_print_one_line_and_write_nothing(workdir: Path, args, fragm
     assert not (workdir / "outputs" / "store").exists()
 
 
+def test_taps_lists_every_tap_with_shapes_and_marks(workdir: Path) -> None:
+    result = run_reprlab("taps", "model=resnet18", "dataset=cifar10", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line}
+    assert rows["stem"] == ["block", "64x32x32", "split"]
+    assert rows["layer1.0.relu2"] == ["layer", "64x32x32"]
+    assert rows["layer2.0.shortcut.1"] == ["layer", "128x16x16"]
+    assert rows["pool"] == ["block", "512", "split", "representation"]
+    assert rows["logits"] == ["block", "10", "split"]
+    assert "11 block taps, 59 layer taps" in result.stdout
+    assert list(workdir.iterdir()) == []  # nothing written, no dataset files needed
+
+
+def test_taps_with_an_unknown_model_prints_one_line(workdir: Path) -> None:
+    result = run_reprlab("taps", "model=resnet19", cwd=workdir)
+    assert result.returncode == 2
+    assert_one_line_error(result, "unknown model 'resnet19'", "resnet18_at")
+
+
 def test_help_and_cfg_pass_through_to_hydra(workdir: Path) -> None:
     top = run_reprlab("--help", cwd=workdir)
     assert top.returncode == 0 and "run" in top.stdout and "cache" in top.stdout

@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
+from reference_cka import cka_matrix
 from torch import nn
 
 from reprlab.errors import ReprlabError
 from reprlab.layerwise import Member, joint_layer_cka, layer_cka
-from reprlab.models.base import Body, Classifier
+from reprlab.models.base import Body, Classifier, sequential_stages
 from reprlab.similarity import MinibatchCKA, cka
-from reprlab.taps import capture
 
 TAPS = ["conv1", "bn1", "relu1", "conv2", "relu2", "pool", "logits"]
 
@@ -29,8 +29,9 @@ def _toy_model(seed: int) -> Classifier:
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
         nn.Linear(8, 3),
     )
-    body = Body(net=net, taps={name: str(i) for i, name in enumerate(TAPS)}, representation="pool")
-    model = Classifier("toy", body, mean=[0.5], std=[0.25])
+    stages = sequential_stages(net, {name: str(i) for i, name in enumerate(TAPS)})
+    body = Body(net=net, stages=stages, representation="pool")
+    model = Classifier("toy", body, mean=[0.5], std=[0.25], image_size=8)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so train vs eval mode differ
         model.net[1].running_mean.uniform_(-0.5, 0.5)
         model.net[1].running_var.uniform_(0.5, 2.0)
@@ -51,8 +52,8 @@ def _direct(model: Classifier, x: torch.Tensor, other: Classifier | None = None,
     other = model if other is None else other
     model.eval()
     other.eval()
-    _, rows = capture(model, x)
-    _, cols = capture(other, x)
+    with torch.no_grad():
+        rows, cols = model.features(x, "blocks"), other.features(x, "blocks")
     return torch.tensor(
         [[cka(a, b, **options) for b in cols.values()] for a in rows.values()],
         dtype=torch.float64,
@@ -86,8 +87,7 @@ def test_minibatches_equal_the_accumulator_fed_by_hand(images):
     model_a.eval()
     model_b.eval()
     for x in _batches(images, 24):
-        _, rows = capture(model_a, x)
-        _, cols = capture(model_b, x)
+        rows, cols = model_a.features(x, "blocks"), model_b.features(x, "blocks")
         pooled = [{k: v.mean(dim=(2, 3)) if v.ndim == 4 else v for k, v in acts.items()}
                   for acts in (rows, cols)]  # fmt: skip
         accumulator.update(*pooled)
@@ -171,28 +171,52 @@ def test_user_mistakes_raise_one_clear_error(images):
         layer_cka(model, [], progress=False)
 
 
-def test_joint_blocks_equal_the_pairwise_matrices(images):
-    """One pass over three models gives every within- and cross-model block exactly."""
+def _per_batch_activations(model: Classifier, batches: list[torch.Tensor]) -> dict[str, list]:
+    """Per block tap, the per-batch activations as float64 NumPy arrays (eval mode)."""
+    per_tap: dict[str, list] = {}
+    model.eval()
+    for x in batches:
+        with torch.no_grad():
+            for tap, value in model.features(x, "blocks").items():
+                per_tap.setdefault(tap, []).append(value.double().numpy())
+    return per_tap
+
+
+def test_joint_blocks_equal_an_independent_minibatch_cka(images):
+    """One pass over three models gives every within- and cross-model block of the minibatch
+    unbiased CKA, as recomputed term by term in float64 NumPy (tests/reference_cka.py)."""
     models = {name: _toy_model(seed) for name, seed in (("a", 0), ("b", 1), ("c", 2))}
-    members = [Member(name, model, tuple(model.tap_names)) for name, model in models.items()]
-    joint = joint_layer_cka(members, _batches(images, 32), progress=False)
+    members = [Member(name, model, model.block_taps) for name, model in models.items()]
+    batches = _batches(images, 32)
+    joint = joint_layer_cka(members, batches, progress=False)
     assert joint.matrix.shape[0] == sum(len(m.taps) for m in members)
+    acts = {name: _per_batch_activations(model, batches) for name, model in models.items()}
     for row in models:
         for col in models:
-            expected = layer_cka(
-                models[row],
-                _batches(images, 32),
-                model_b=None if row == col else models[col],
-                progress=False,
-            )
-            torch.testing.assert_close(joint.block(row, col).matrix, expected.matrix)
+            expected = torch.from_numpy(cka_matrix(acts[row], acts[col]))
+            torch.testing.assert_close(joint.block(row, col).matrix, expected, rtol=0, atol=1e-10)
+
+
+def test_groups_compute_only_the_blocks_asked_for(images):
+    """Groups (e.g. each epoch with the final one) give the same blocks as one joint group."""
+    models = {name: _toy_model(seed) for name, seed in (("e1", 0), ("e2", 1), ("final", 2))}
+    members = [Member(name, model, model.block_taps) for name, model in models.items()]
+    full = joint_layer_cka(members, _batches(images, 32), progress=False)
+    grouped = joint_layer_cka(
+        members, _batches(images, 32), groups=[("e1", "final"), ("e2", "final")], progress=False
+    )
+    assert len(grouped.groups) == 2
+    for row, col in (("e1", "e1"), ("e1", "final"), ("e2", "final"), ("final", "final")):
+        torch.testing.assert_close(grouped.block(row, col).matrix, full.block(row, col).matrix)
+    with pytest.raises(KeyError, match="no group"):
+        grouped.block("e1", "e2")
 
 
 def test_joint_members_can_see_their_own_inputs(images):
     """Per-member inputs (e.g. each model's adversarial examples) pair rows by source image."""
     model = _toy_model(0)
     noisy = (images + 0.1 * torch.randn_like(images)).clamp(0, 1)
-    taps = tuple(model.tap_names)
+    taps = model.block_taps
     pairs = list(zip(_batches(images, 32), _batches(noisy, 32), strict=True))
     joint = joint_layer_cka(
         [Member("clean", model, taps), Member("noisy", model, taps)], pairs, progress=False

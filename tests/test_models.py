@@ -12,7 +12,7 @@ from torch import nn
 
 from reprlab.errors import ReprlabError
 from reprlab.models import Classifier, available_archs, build_model
-from reprlab.taps import capture, representation
+from reprlab.taps import representation
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
@@ -59,9 +59,14 @@ def _images(in_channels: int = 3, image_size: int = 32, n: int = 2, seed: int = 
 
 
 def _final_linear(model: Classifier) -> nn.Linear:
-    layer = model.get_submodule(model.tap_points["logits"])
+    (path,) = dict(model.stages)["logits"]
+    layer = model.net.get_submodule(path)
     assert isinstance(layer, nn.Linear)
     return layer
+
+
+def _stage_paths(model: Classifier) -> list[str]:
+    return [path for _, paths in model.stages for path in paths]
 
 
 # --- registry --------------------------------------------------------------------------------
@@ -109,12 +114,13 @@ def test_normaliser_with_wrong_channel_count_is_a_user_error():
 
 
 @pytest.mark.parametrize("arch", available_archs())
-def test_taps_fire_once_in_declared_order_and_end_in_the_logits(arch):
+def test_forward_runs_each_stage_module_once_in_stage_order(arch):
     model = _model(arch)
     fired: list[str] = []
+    paths = _stage_paths(model)
     handles = [
-        model.get_submodule(path).register_forward_hook(lambda *_, name=name: fired.append(name))
-        for name, path in model.tap_points.items()
+        model.net.get_submodule(path).register_forward_hook(lambda *_, p=path: fired.append(p))
+        for path in paths
     ]
     try:
         with torch.no_grad():
@@ -122,15 +128,18 @@ def test_taps_fire_once_in_declared_order_and_end_in_the_logits(arch):
     finally:
         for handle in handles:
             handle.remove()
-    assert fired == model.tap_names
-    assert model.tap_names[-1] == "logits"
+    assert fired == paths
+    assert model.block_taps == tuple(name for name, _ in model.stages)
+    assert model.block_taps[-1] == "logits"
+    assert model.input_shape == (3, 32, 32)
 
 
 @pytest.mark.parametrize("arch", available_archs())
 def test_representation_tap_is_the_final_linear_input(arch):
     model = _model(arch)
     with torch.no_grad():
-        logits, activations = capture(model, _images())
+        logits = model(_images())
+        activations = model.features(_images(), model.block_taps)
         features = activations[model.representation_tap]
         assert logits.shape == (2, NUM_CLASSES)
         assert features.dim() == 2
@@ -141,13 +150,14 @@ def test_representation_tap_is_the_final_linear_input(arch):
 
 
 @pytest.mark.parametrize("arch", available_archs())
-def test_normaliser_is_the_first_layer(arch):
+def test_normaliser_is_the_first_layer_and_stages_compose_to_the_nets_forward(arch):
+    """``model.net``'s own forward (torchvision's for tv_resnets) equals running the stages."""
     model = _model(arch)
     x = _images()
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), model.net((x - mean) / std))
+        assert torch.equal(model(x), model.net((x - mean) / std))
 
 
 @pytest.mark.parametrize("arch", available_archs())
@@ -155,7 +165,8 @@ def test_single_channel_16px_input(arch):
     """The synthetic dataset's 1x16x16 images run through every architecture."""
     model = _model(arch, in_channels=1, image_size=16)
     with torch.no_grad():
-        logits, activations = capture(model, _images(in_channels=1, image_size=16))
+        logits = model(_images(in_channels=1, image_size=16))
+        activations = model.features(_images(in_channels=1, image_size=16), "blocks")
     assert logits.shape == (2, NUM_CLASSES)
     assert torch.isfinite(logits).all()
     assert activations[model.representation_tap].shape[0] == 2
@@ -190,7 +201,7 @@ def test_representation_is_differentiable_and_equals_the_captured_tap(arch):
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
-        _, activations = capture(model, x.detach())
+        activations = model.features(x.detach(), model.block_taps)
     torch.testing.assert_close(features.detach(), activations[model.representation_tap])
 
 
@@ -214,7 +225,7 @@ def test_channels_last_gives_the_same_logits(arch):
 def test_resnet18_taps_are_stem_and_eight_blocks():
     """Stitching on ResNet-18 uses 9 points: after the stem and after each residual block."""
     blocks = [f"layer{stage}.{i}" for stage in range(1, 5) for i in range(2)]
-    assert _model("resnet18").tap_names == ["stem", *blocks, "pool", "logits"]
+    assert _model("resnet18").block_taps == ("stem", *blocks, "pool", "logits")
 
 
 @pytest.mark.parametrize(
@@ -230,17 +241,18 @@ def test_resnet18_taps_are_stem_and_eight_blocks():
     ],
 )
 def test_residual_nets_tap_every_block(arch, blocks):
-    names = _model(arch).tap_names
+    names = _model(arch).block_taps
     assert names[0] == "stem"
-    assert names[-2:] == ["pool", "logits"]
+    assert names[-2:] == ("pool", "logits")
     assert sum(name.startswith(("layer", "block")) for name in names) == blocks
 
 
 @pytest.mark.parametrize(("arch", "convs"), [("vgg11_bn", 8), ("vgg16_bn", 13), ("vgg19_bn", 16)])
 def test_vgg_taps_every_conv_unit_at_its_own_relu(arch, convs):
     model = _model(arch)
-    assert model.tap_names == [*(f"conv{k}" for k in range(1, convs + 1)), "pool", "logits"]
-    relus = [model.get_submodule(model.tap_points[f"conv{k}"]) for k in range(1, convs + 1)]
+    assert model.block_taps == (*(f"conv{k}" for k in range(1, convs + 1)), "pool", "logits")
+    stages = dict(model.stages)
+    relus = [model.net.get_submodule(stages[f"conv{k}"][-1]) for k in range(1, convs + 1)]
     assert all(isinstance(relu, nn.ReLU) for relu in relus)
     assert len({id(relu) for relu in relus}) == convs
 
@@ -337,3 +349,132 @@ def test_single_channel_torchvision_resnet_only_changes_conv1():
     assert list(ours) == list(reference)
     assert ours["conv1.weight"].shape == (64, 1, 7, 7)
     assert {key for key in reference if ours[key].shape != reference[key].shape} == {"conv1.weight"}
+
+
+# --- cutting at taps, layer taps ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", _arch_params(available_archs()))
+def test_back_of_front_is_the_forward_pass_at_every_block_tap(arch):
+    """One full forward per tap: 16x16 inputs (the nets are size-agnostic) keep it cheap."""
+    model = _model(arch)
+    x = _images(image_size=32 if arch.startswith("cnn") else 16)
+    with torch.no_grad():
+        expected = model(x)
+        for tap in model.block_taps:
+            got = model.back(model.front(x, tap), tap)
+            assert (got - expected).abs().max().item() <= 1e-6, tap
+
+
+def _counting_hooks(model: Classifier, paths, fired: list[str]):
+    return [
+        model.net.get_submodule(path).register_forward_hook(lambda *_, p=path: fired.append(p))
+        for path in paths
+    ]
+
+
+@pytest.mark.parametrize("arch", available_archs())
+def test_features_run_only_the_stages_they_need(arch):
+    """A first-stage tap runs the first stage only; a layer tap stops after its own stage."""
+    model = _model(arch)
+    x = _images()
+    first = model.block_taps[0]
+    layer = model.layer_taps[len(model.layer_taps) // 2]
+    info = {t.name: t for t in model.probe().taps}[layer]
+    paths = dict.fromkeys(_stage_paths(model))
+    fired: list[str] = []
+    kept: dict[str, list[torch.Tensor]] = {}
+    keep = model.net.get_submodule(info.module).register_forward_hook(
+        lambda _m, _i, out: kept.setdefault("layer", []).append(out.clone())
+    )
+    handles = [*_counting_hooks(model, paths, fired), keep]
+    try:
+        with torch.no_grad():
+            full = model.front(x, first)
+            fired.clear()
+            got = model.features(x, [first])
+            assert fired == list(model.stages[0][1])
+            torch.testing.assert_close(got[first], full, rtol=0, atol=0)
+            kept.clear()
+            model(x)
+            from_full_pass = kept["layer"][info.call - 1]
+            fired.clear()
+            got = model.features(x, [layer])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert fired == [p for _, stage_paths in model.stages[: info.stage + 1] for p in stage_paths]
+    torch.testing.assert_close(got[layer], from_full_pass, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", available_archs())
+def test_layer_taps_fire_as_probed_in_forward_order_and_equal_hooked_outputs(arch):
+    """Every conv/BN/ReLU/pool/linear call, independently hooked in a full forward pass."""
+    model = _model(arch)
+    x = _images()
+    probe = model.probe()
+    layers = [t for t in probe.taps if t.kind == "layer"]
+    modules = dict.fromkeys(t.module for t in layers)
+    expected_types = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+    leaves = {
+        path
+        for path, module in model.net.named_modules()
+        if isinstance(module, (*expected_types, nn.Linear))
+    }
+    assert set(modules) == leaves  # every such leaf is tapped, nothing else
+    fired: list[tuple[str, torch.Tensor]] = []
+    handles = [
+        model.net.get_submodule(path).register_forward_hook(
+            lambda _m, _i, out, p=path: fired.append((p, out.clone()))
+        )
+        for path in modules
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert [p for p, _ in fired] == [t.module for t in layers]  # forward order, probed counts
+    with torch.no_grad():
+        got = model.features(x, "all")
+    assert list(got) == [t.name for t in layers]
+    for (_, value), tap in zip(fired, layers, strict=True):
+        torch.testing.assert_close(got[tap.name], value, rtol=0, atol=0)
+        assert got[tap.name].shape[1:] == tap.shape
+    block_names = set(model.block_taps)
+    assert not block_names & {t.name for t in layers}
+
+
+@pytest.mark.parametrize(
+    ("arch", "bn", "relu", "conv"),
+    [
+        ("vgg11_bn", "features.1", "features.2", "features.0"),
+        ("wrn28_10", "block1.layer.0.bn1", "block1.layer.0.relu1", "stem"),
+    ],
+)
+def test_in_place_relu_does_not_corrupt_the_captured_batchnorm(arch, bn, relu, conv):
+    """VGG and WRN apply in-place ReLUs right after BatchNorm; the BN tap is the pre-ReLU map."""
+    model = _model(arch)
+    assert model.net.get_submodule(relu).inplace
+    with torch.no_grad():
+        got = model.features(_images(), [conv, bn, relu])
+        recomputed = model.net.get_submodule(bn)(got[conv])
+    assert (got[bn] < 0).any()
+    torch.testing.assert_close(got[bn], recomputed)
+    torch.testing.assert_close(got[relu], got[bn].clamp(min=0))
+
+
+def test_torchvision_shared_relu_gives_two_distinct_correct_taps():
+    """torchvision's BasicBlock calls its one ``relu`` twice: before conv2 and after the sum."""
+    model = _model("tv_resnet18")
+    block = model.net.layer1[0]
+    assert "layer1.0.relu" not in model.layer_taps
+    with torch.no_grad():
+        got = model.features(_images(), ["stem", "layer1.0.relu@1", "layer1.0.relu@2", "layer1.0"])
+        first = torch.relu(block.bn1(block.conv1(got["stem"])))
+        second = torch.relu(block.bn2(block.conv2(first)) + got["stem"])
+    torch.testing.assert_close(got["layer1.0.relu@1"], first)
+    torch.testing.assert_close(got["layer1.0.relu@2"], second)
+    torch.testing.assert_close(got["layer1.0"], second)
+    assert not torch.allclose(first, second)

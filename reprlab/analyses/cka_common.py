@@ -24,10 +24,9 @@ from reprlab.context import RunContext
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.layerwise import JointCKA, LayerCKA, Member, joint_layer_cka
-from reprlab.models import Classifier
+from reprlab.models import Classifier, select_taps
 from reprlab.recipes import build_for
 from reprlab.similarity import KERNELS
-from reprlab.taps import select_taps
 
 log = logging.getLogger("reprlab")
 

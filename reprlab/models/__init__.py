@@ -1,4 +1,4 @@
-"""Architecture registry: ``build_model(arch, ...)`` returns a tapped :class:`Classifier`.
+"""Architecture registry: ``build_model(arch, ...)`` returns a staged, tapped :class:`Classifier`.
 
 Importing this package registers every architecture family below.
 """
@@ -18,10 +18,15 @@ from reprlab.models.base import (
     Classifier,
     GlobalAvgPool,
     Normalize,
+    Stage,
+    StagedNet,
     available_archs,
     build_model,
     register_arch,
+    select_taps,
+    sequential_stages,
 )
+from reprlab.models.probe import TapError, TapInfo
 
 __all__ = [
     "ArchInfo",
@@ -29,7 +34,13 @@ __all__ = [
     "Classifier",
     "GlobalAvgPool",
     "Normalize",
+    "Stage",
+    "StagedNet",
+    "TapError",
+    "TapInfo",
     "available_archs",
     "build_model",
     "register_arch",
+    "select_taps",
+    "sequential_stages",
 ]

@@ -2,20 +2,23 @@
 
 Every model in reprlab takes images in pixel space, float in [0, 1], shape [n, c, h, w], and
 normalises them in its own first layer, so perturbation budgets, inversions and stitches are all
-measured in pixel units. Every model declares its taps: named points of its forward pass, in
-forward order, each the output of one submodule; one of them is the representation (the pooled
-penultimate features that feed the final linear layer) and the last is ``logits``.
+measured in pixel units. Every architecture declares its forward pass as ordered *stages*; each
+stage's output is a *block tap* where the network can be cut (``front`` / ``back``), one of them
+is the representation (the pooled penultimate features that feed the final linear layer) and the
+last is ``logits``. Every conv, BatchNorm, ReLU, pooling and linear output is a *layer tap*.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from reprlab.errors import ReprlabError
+from reprlab.models.probe import CallCapture, Probe, probe_taps
 
 
 class Normalize(nn.Module):
@@ -41,6 +44,56 @@ class GlobalAvgPool(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
 
 
+Stage = tuple[str, tuple[str, ...]]
+"""``(tap name, module paths)``: the submodules of ``net`` one stage calls in sequence."""
+
+
+def run_stages(root: nn.Module, stages: Sequence[Stage], x: torch.Tensor) -> torch.Tensor:
+    """Call the modules of ``stages`` (dotted paths under ``root``) in sequence on ``x``."""
+    for _, paths in stages:
+        for path in paths:
+            x = root.get_submodule(path)(x)
+    return x
+
+
+class StagedNet(nn.Module):
+    """Base of reprlab's own networks: ``forward`` runs ``self.stages``, the one forward order.
+
+    Subclasses set ``self.stages`` (a tuple of :data:`Stage`) in ``__init__``.
+    """
+
+    stages: tuple[Stage, ...]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_stages(self, self.stages, x)
+
+
+def block_stages(net: nn.Module, containers: Sequence[str]) -> tuple[Stage, ...]:
+    """One stage ``("<c>.<i>", ("<c>.<i>",))`` per child of each named Sequential, in order."""
+    return tuple(
+        (f"{c}.{i}", (f"{c}.{i}",)) for c in containers for i in range(len(net.get_submodule(c)))
+    )
+
+
+def sequential_stages(net: nn.Sequential, cuts: Mapping[str, str]) -> tuple[Stage, ...]:
+    """Stages of a Sequential: tap name -> the child whose output ends the tap's stage.
+
+    ``cuts`` is in forward order and its last child must be the Sequential's last, e.g.
+    ``{"hidden": "2", "logits": "3"}`` gives ``(("hidden", ("0", "1", "2")), ("logits", ("3",)))``.
+    """
+    children = [name for name, _ in net.named_children()]
+    stages, start = [], 0
+    for tap, child in cuts.items():
+        if child not in children[start:]:
+            raise ValueError(f"child {child!r} of tap {tap!r} is not a later child of the net")
+        end = children.index(child, start) + 1
+        stages.append((tap, tuple(children[start:end])))
+        start = end
+    if start != len(children):
+        raise ValueError(f"the last cut must be the last child {children[-1]!r}")
+    return tuple(stages)
+
+
 @dataclass(frozen=True)
 class Body:
     """What an architecture constructor returns.
@@ -49,53 +102,199 @@ class Body:
     ----------
     net:
         The network on normalised input, producing logits [n, num_classes].
-    taps:
-        Tap name -> dotted path of the submodule of ``net`` whose output the tap is, in forward
-        order. The last tap must be ``logits`` (the final linear layer).
+    stages:
+        The forward pass of ``net`` as ordered stages ``(tap name, module paths)``: running the
+        modules of every stage in sequence must be exactly ``net``'s forward. Each stage's output
+        is a block tap; the last stage is ``logits`` (the final linear layer).
     representation:
-        Name of the tap holding the pooled penultimate features (the final linear layer's input,
-        shape [n, d]).
+        Name of the block tap holding the pooled penultimate features (the final linear layer's
+        input, shape [n, d]).
     """
 
     net: nn.Module
-    taps: dict[str, str]
+    stages: tuple[Stage, ...]
     representation: str
 
 
+TapSpec = str | Sequence[str]
+"""``"blocks"``, ``"all"`` (the layer taps) or a list of tap names; see :func:`select_taps`."""
+
+
 class Classifier(nn.Module):
-    """``normalize`` then ``net``: a classifier on [0, 1] pixels that declares its taps.
+    """``normalize`` then ``net``'s stages: a classifier on [0, 1] pixels with named taps.
+
+    Block taps are the stage outputs (the network can be cut there with :meth:`front` and
+    :meth:`back`); layer taps are the outputs of every conv, BatchNorm, ReLU, pooling and linear
+    call (see :mod:`reprlab.models.probe`), found by one probe pass on first use and cached.
 
     Attributes
     ----------
     arch:
         Registry name of the architecture.
-    tap_points:
-        Tap name -> dotted submodule path relative to this module (``net.<...>``), forward order.
+    stages:
+        ``(tap name, module paths relative to net)``, forward order; see :class:`Body`.
     representation_tap:
-        Name of the penultimate representation tap.
+        Name of the penultimate representation tap (a block tap).
+    input_shape:
+        ``(channels, image_size, image_size)`` of the pixel input the model is built for.
     """
 
-    def __init__(self, arch: str, body: Body, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        arch: str,
+        body: Body,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        image_size: int,
+    ) -> None:
         super().__init__()
-        if not body.taps or list(body.taps)[-1] != "logits":
-            raise ValueError(f"{arch}: the last tap must be 'logits', got {list(body.taps)}")
-        if body.representation not in body.taps:
-            raise ValueError(f"{arch}: representation tap {body.representation!r} is not a tap")
+        names = [name for name, _ in body.stages]
+        if not names or names[-1] != "logits":
+            raise ValueError(f"{arch}: the last stage must be 'logits', got {names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{arch}: stage names must be distinct, got {names}")
+        if body.representation not in names:
+            raise ValueError(f"{arch}: representation tap {body.representation!r} is not a stage")
+        if any(not paths for _, paths in body.stages):
+            raise ValueError(f"{arch}: every stage must call at least one module")
         self.arch = arch
         self.normalize = Normalize(mean, std)
         self.net = body.net
-        self.tap_points = {name: f"net.{path}" for name, path in body.taps.items()}
+        self.stages = tuple((name, tuple(paths)) for name, paths in body.stages)
         self.representation_tap = body.representation
-        for path in self.tap_points.values():
-            self.get_submodule(path)  # fail at construction if a tap names no module
+        self.input_shape = (len(mean), image_size, image_size)
+        # Plain lists (not registered): state_dict is unchanged; deepcopy maps them to the copies.
+        self._stage_modules = [
+            [self.net.get_submodule(p) for p in paths] for _, paths in self.stages
+        ]
+        self._stage_index = {name: index for index, name in enumerate(names)}
+        self._probe: Probe | None = None
+
+    # --- taps ------------------------------------------------------------------------------
 
     @property
-    def tap_names(self) -> list[str]:
-        """Tap names in forward order."""
-        return list(self.tap_points)
+    def block_taps(self) -> tuple[str, ...]:
+        """Stage names in forward order: the taps :meth:`front` and :meth:`back` can cut at."""
+        return tuple(self._stage_index)
+
+    @property
+    def layer_taps(self) -> tuple[str, ...]:
+        """Every conv, BatchNorm, ReLU, pooling and linear output, forward order (probed)."""
+        return tuple(t.name for t in self.probe().taps if t.kind == "layer")
+
+    def probe(self) -> Probe:
+        """Every tap, block and layer, in forward order with its module, call, stage and shape.
+
+        The first call runs one probe pass (eval mode, ``no_grad``, on one image of zeros of
+        :attr:`input_shape`, train/eval flags restored); the result is cached on the model.
+        """
+        if self._probe is None:
+            zeros = self.normalize.mean.new_zeros(1, *self.input_shape)
+            self._probe = probe_taps(
+                self.net, self.stages, self._stage_modules, self.normalize(zeros)
+            )
+        return self._probe
+
+    # --- running ---------------------------------------------------------------------------
+
+    def _run(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for modules in self._stage_modules[start:stop]:
+            for module in modules:
+                h = module(h)
+        return h
+
+    def _split_index(self, tap: str) -> int:
+        index = self._stage_index.get(tap)
+        if index is None:
+            raise ReprlabError(
+                f"{self.arch} cannot be cut at '{tap}'; cut at a block tap: "
+                f"{', '.join(self.block_taps)}"
+            )
+        return index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalize(x))
+        """Logits [n, num_classes] of pixels ``x`` [n, c, h, w] in [0, 1]."""
+        return self._run(self.normalize(x), 0, len(self._stage_modules))
+
+    def front(self, x: torch.Tensor, tap: str) -> torch.Tensor:
+        """The activation at block tap ``tap`` of pixels ``x``: normalise, run stages to ``tap``."""
+        return self._run(self.normalize(x), 0, self._split_index(tap) + 1)
+
+    def back(self, h: torch.Tensor, tap: str) -> torch.Tensor:
+        """Logits from the activation ``h`` at block tap ``tap``: the stages after ``tap``.
+
+        ``back(front(x, tap), tap)`` is ``forward(x)``.
+        """
+        return self._run(h, self._split_index(tap) + 1, len(self._stage_modules))
+
+    def features(
+        self, x: torch.Tensor, taps: TapSpec, *, detach: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Activations of pixels ``x`` [n, c, h, w] at ``taps`` (any mix of block and layer taps).
+
+        Returns tap name -> tensor [n, ...], in forward order whatever the order asked. Runs the
+        stages only up to the one holding the last requested tap, in the model's current mode.
+        ``detach=True`` runs under ``no_grad``; ``detach=False`` keeps the autograd graph (for
+        objectives on intermediate activations). A tensor a later op could change in place is a
+        clone. Layer taps are hooked; a hooked module that runs a number of times other than
+        the probe found raises :class:`~reprlab.models.probe.TapError`.
+        """
+        names = select_taps(self, taps)
+        blocks = {name for name in names if name in self._stage_index}
+        layers = [name for name in names if name not in blocks]
+        last = max((self._stage_index[name] for name in blocks), default=-1)
+        capture = None
+        if layers:
+            probe = self.probe()
+            info = {t.name: t for t in probe.taps}
+            last = max(last, *(info[name].stage for name in layers))
+            targets = {name: (info[name].module, info[name].call) for name in layers}
+            expected = {path: probe.expected_calls(path, last) for path, _ in targets.values()}
+            capture = CallCapture(self.net, targets, expected, detach=detach)
+        captured: dict[str, torch.Tensor] = {}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+            with capture if capture is not None else nullcontext():
+                h = self.normalize(x)
+                for index, modules in enumerate(self._stage_modules[: last + 1]):
+                    for module in modules:
+                        h = module(h)
+                    name = self.stages[index][0]
+                    if name in blocks:
+                        value = h.detach() if detach else h
+                        captured[name] = value if index == last else value.clone()
+            if capture is not None:
+                captured.update(capture.collect())
+        return {name: captured[name] for name in names}
+
+
+def select_taps(model: Classifier, spec: TapSpec = "blocks") -> tuple[str, ...]:
+    """Tap names of ``model`` for ``spec``, in forward order.
+
+    ``spec`` is ``"blocks"`` (the stage outputs), ``"all"`` (the layer taps: every conv,
+    BatchNorm, ReLU, pooling and linear output, as Cianfarani et al. 2022 tap them) or a sequence
+    of tap names, any mix. Unknown or repeated names raise :class:`ReprlabError`.
+    """
+    if isinstance(spec, str):
+        if spec == "blocks":
+            return model.block_taps
+        if spec == "all":
+            return model.layer_taps
+        raise ReprlabError(f"taps must be 'blocks', 'all' or a list of tap names, got '{spec}'")
+    names = list(spec)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ReprlabError(f"tap(s) {', '.join(repeated)} listed more than once; list each once")
+    if all(name in model.block_taps for name in names):
+        return tuple(name for name in model.block_taps if name in set(names))
+    order = [t.name for t in model.probe().taps]
+    unknown = [name for name in names if name not in set(order)]
+    if unknown:
+        raise ReprlabError(
+            f"unknown tap(s) {', '.join(unknown)} for {model.arch}; block taps: "
+            f"{', '.join(model.block_taps)}; `reprlab taps model=<recipe>` lists every tap"
+        )
+    return tuple(name for name in order if name in set(names))
 
 
 @dataclass(frozen=True)
@@ -158,4 +357,4 @@ def build_model(
     body = _REGISTRY[arch].build(
         num_classes=num_classes, in_channels=in_channels, image_size=image_size
     )
-    return Classifier(arch, body, mean, std)
+    return Classifier(arch, body, mean, std, image_size=image_size)

@@ -1,19 +1,18 @@
 """Small convolutional networks for MNIST-size inputs: Madry et al.'s MNIST CNN and a CPU-sized one.
 
 Both are two conv-ReLU-maxpool stages, one hidden fully connected layer with ReLU and a linear
-classifier. Their taps are ``conv1``, ``conv2`` (each after its pool), ``fc1`` (the hidden layer
-after ReLU: the representation) and ``logits``.
+classifier. Their stages (block taps) are ``conv1``, ``conv2`` (each ending with its pool),
+``fc1`` (flatten, the hidden layer and its ReLU: the representation) and ``logits``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from reprlab.errors import ReprlabError
-from reprlab.models.base import Body, register_arch
+from reprlab.models.base import Body, StagedNet, register_arch
 
 MADRY_CHANNELS = (32, 64)
 MADRY_HIDDEN = 1024
@@ -23,7 +22,7 @@ CNN_SMALL_CHANNELS = (16, 32)
 CNN_SMALL_HIDDEN = 128
 
 
-class TwoConvNet(nn.Module):
+class TwoConvNet(StagedNet):
     """conv 5x5 (pad 2) -> ReLU -> maxpool 2, twice; then fc -> ReLU -> fc.
 
     Input [n, in_channels, image_size, image_size] (normalised), output logits [n, num_classes].
@@ -51,12 +50,12 @@ class TwoConvNet(nn.Module):
         self.flatten = nn.Flatten(1)
         self.fc1 = nn.Sequential(nn.Linear(c2 * pooled_size * pooled_size, hidden), nn.ReLU())
         self.fc2 = nn.Linear(hidden, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.fc1(self.flatten(self.conv2(self.conv1(x)))))
-
-
-_TAPS = {"conv1": "conv1", "conv2": "conv2", "fc1": "fc1", "logits": "fc2"}
+        self.stages = (
+            ("conv1", ("conv1",)),
+            ("conv2", ("conv2",)),
+            ("fc1", ("flatten", "fc1")),
+            ("logits", ("fc2",)),
+        )
 
 
 def _two_conv_body(
@@ -77,7 +76,7 @@ def _two_conv_body(
         channels=channels,
         hidden=hidden,
     )
-    return Body(net=net, taps=dict(_TAPS), representation="fc1")
+    return Body(net=net, stages=net.stages, representation="fc1")
 
 
 @register_arch("cnn_madry", "Madry et al. 2018 MNIST CNN: conv 32, conv 64 (5x5), fc 1024")

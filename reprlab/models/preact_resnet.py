@@ -3,21 +3,21 @@
 The CIFAR network of Rice et al. 2020 ("Overfitting in adversarially robust deep learning"), with
 the module names of their ``preactresnet.py`` (kuangliu-style): ``conv1``, ``layer1..4`` of
 PreActBlocks (``bn1``, ``conv1``, ``bn2``, ``conv2``, optional ``shortcut.0``), final ``bn`` and
-``linear``, so their checkpoints load by key. ``relu`` and ``pool`` are parameter-free additions;
+``linear``, so their checkpoints load by key. ``relu``, ``pool`` and the blocks' ``relu1``,
+``relu2`` (where the reference calls ``F.relu``) are parameter-free additions;
 pooling is adaptive, so any input of at least 8x8 works (at 32x32 it equals the 4x4 average pool).
 
-Taps: ``stem`` (conv1 output), one per block (``layer1.0`` ... ``layer4.1``), ``final`` (after the
-last bn-relu), ``pool`` (the representation, [n, 512]) and ``logits``.
+Stages (block taps): ``stem`` (conv1 output), one per block (``layer1.0`` ... ``layer4.1``),
+``final`` (the last bn-relu), ``pool`` (the representation, [n, 512]) and ``logits``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from reprlab.models.base import Body, GlobalAvgPool, register_arch
-from reprlab.models.resnet import STAGE_STRIDES, STAGE_WIDTHS, residual_block_taps
+from reprlab.models.base import Body, GlobalAvgPool, StagedNet, block_stages, register_arch
+from reprlab.models.resnet import RESIDUAL_STAGES, STAGE_STRIDES, STAGE_WIDTHS
 
 
 class PreActBlock(nn.Module):
@@ -37,16 +37,18 @@ class PreActBlock(nn.Module):
             )
         else:
             self.shortcut = None
+        self.relu1 = nn.ReLU()
+        self.relu2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
+        out = self.relu1(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(out)
         out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv2(self.relu2(self.bn2(out)))
         return out + shortcut
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(StagedNet):
     """PreAct ResNet on normalised [n, in_channels, h, w] input -> logits [n, num_classes]."""
 
     def __init__(self, num_blocks: tuple[int, ...], *, num_classes: int, in_channels: int) -> None:
@@ -65,12 +67,13 @@ class PreActResNet(nn.Module):
         self.relu = nn.ReLU()
         self.pool = GlobalAvgPool()
         self.linear = nn.Linear(512, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = self.relu(self.bn(out))
-        return self.linear(self.pool(out))
+        self.stages = (
+            ("stem", ("conv1",)),
+            *block_stages(self, RESIDUAL_STAGES),
+            ("final", ("bn", "relu")),
+            ("pool", ("pool",)),
+            ("logits", ("linear",)),
+        )
 
 
 @register_arch("preact_resnet18", "PreAct ResNet-18 for CIFAR (Rice et al. 2020 keys)")
@@ -78,11 +81,4 @@ def preact_resnet18(*, num_classes: int, in_channels: int, image_size: int) -> B
     """PreAct ResNet-18: PreActBlocks [2, 2, 2, 2], 512-d representation."""
     del image_size  # global pooling makes the network size-agnostic
     net = PreActResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
-    taps = {
-        "stem": "conv1",
-        **residual_block_taps(net, ("layer1", "layer2", "layer3", "layer4")),
-        "final": "relu",
-        "pool": "pool",
-        "logits": "linear",
-    }
-    return Body(net=net, taps=taps, representation="pool")
+    return Body(net=net, stages=net.stages, representation="pool")

@@ -4,11 +4,12 @@ A 3x3 stride-1 stem conv without max-pool, four stages of BasicBlocks or Bottlen
 average pooling and one linear layer. Module names match the `robustness` library's
 ``cifar_models/resnet.py`` (``conv1``, ``bn1``, ``layer1..4`` of blocks with ``conv1``, ``bn1``,
 ..., ``shortcut``, final ``linear``), so its checkpoints load by key. The parameter-free modules
-added here (``relu`` after the stem, ``pool``) add no state_dict keys. Global pooling is adaptive,
+added here (``relu`` after the stem, ``relu1``.. in each block where the reference calls
+``F.relu``, ``pool``) add no state_dict keys. Global pooling is adaptive,
 so any input size of at least 8x8 works; at 32x32 it equals the original 4x4 average pool.
 
-Taps: ``stem`` (after conv1-bn1-relu), one per residual block (``layer1.0`` ... ``layer4.N``),
-``pool`` (the representation, [n, 512 * expansion]) and ``logits``.
+Stages (block taps): ``stem`` (conv1-bn1-relu), one per residual block (``layer1.0`` ...
+``layer4.N``), ``pool`` (the representation, [n, 512 * expansion]) and ``logits``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from reprlab.models.base import Body, GlobalAvgPool, register_arch
+from reprlab.models.base import Body, GlobalAvgPool, StagedNet, block_stages, register_arch
 
 
 class BasicBlock(nn.Module):
@@ -34,11 +34,13 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+        self.relu1 = nn.ReLU()
+        self.relu2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu2(out + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -55,12 +57,15 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+        self.relu1 = nn.ReLU()
+        self.relu2 = nn.ReLU()
+        self.relu3 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu3(out + self.shortcut(x))
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -76,7 +81,7 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedNet):
     """ResNet on normalised [n, in_channels, h, w] input -> logits [n, num_classes]."""
 
     def __init__(
@@ -102,23 +107,15 @@ class CifarResNet(nn.Module):
             self.add_module(f"layer{index}", nn.Sequential(*blocks))
         self.pool = GlobalAvgPool()
         self.linear = nn.Linear(512 * block.expansion, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return self.linear(self.pool(out))
-
-
-def residual_block_taps(net: nn.Module, stages: Sequence[str]) -> dict[str, str]:
-    """``{"<stage>.<i>": "<stage>.<i>"}`` for each block of the named stages, in order."""
-    return {
-        f"{stage}.{index}": f"{stage}.{index}"
-        for stage in stages
-        for index in range(len(net.get_submodule(stage)))
-    }
+        self.stages = (
+            ("stem", ("conv1", "bn1", "relu")),
+            *block_stages(self, RESIDUAL_STAGES),
+            ("pool", ("pool",)),
+            ("logits", ("linear",)),
+        )
 
 
-_STAGES = ("layer1", "layer2", "layer3", "layer4")
+RESIDUAL_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def _resnet_body(
@@ -129,8 +126,7 @@ def _resnet_body(
     in_channels: int,
 ) -> Body:
     net = CifarResNet(block, num_blocks, num_classes=num_classes, in_channels=in_channels)
-    taps = {"stem": "relu", **residual_block_taps(net, _STAGES), "pool": "pool", "logits": "linear"}
-    return Body(net=net, taps=taps, representation="pool")
+    return Body(net=net, stages=net.stages, representation="pool")
 
 
 @register_arch("resnet18", "CIFAR ResNet-18 (3x3 stem, no max-pool; robustness-library keys)")

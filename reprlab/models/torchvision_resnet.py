@@ -5,17 +5,18 @@
 own ``torch.flatten`` on [n, d] is then a no-op), and ``conv1`` is rebuilt for ``in_channels != 3``
 (same shape otherwise, so only that weight's shape differs from an RGB checkpoint).
 
-Taps: ``stem`` (the max-pool output), one per residual block (``layer1.0`` ...), ``pool`` (the
-representation, [n, 512] or [n, 2048]) and ``logits`` (``fc``). A block's shared ``relu`` runs
-twice per forward, so it cannot be a tap; the block outputs are.
+Stages (block taps): ``stem`` (conv1-bn1-relu-maxpool), one per residual block (``layer1.0``
+...), ``pool`` (the representation, [n, 512] or [n, 2048]) and ``logits`` (``fc``). They compose
+to torchvision's own ``forward``, which the network keeps. A block's shared ``relu`` runs two
+(BasicBlock) or three (Bottleneck) times per forward: its layer taps are ``<block>.relu@1``, ...
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from reprlab.models.base import Body, GlobalAvgPool, register_arch
-from reprlab.models.resnet import residual_block_taps
+from reprlab.models.base import Body, GlobalAvgPool, block_stages, register_arch
+from reprlab.models.resnet import RESIDUAL_STAGES
 
 
 def _torchvision_body(factory_name: str, *, num_classes: int, in_channels: int) -> Body:
@@ -27,13 +28,13 @@ def _torchvision_body(factory_name: str, *, num_classes: int, in_channels: int) 
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-    taps = {
-        "stem": "maxpool",
-        **residual_block_taps(net, ("layer1", "layer2", "layer3", "layer4")),
-        "pool": "avgpool",
-        "logits": "fc",
-    }
-    return Body(net=net, taps=taps, representation="pool")
+    stages = (
+        ("stem", ("conv1", "bn1", "relu", "maxpool")),
+        *block_stages(net, RESIDUAL_STAGES),
+        ("pool", ("avgpool",)),  # torchvision's torch.flatten after it is a no-op on [n, d]
+        ("logits", ("fc",)),
+    )
+    return Body(net=net, stages=stages, representation="pool")
 
 
 @register_arch("tv_resnet18", "torchvision ImageNet ResNet-18 (7x7 stem + max-pool)")

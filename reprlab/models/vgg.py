@@ -6,18 +6,18 @@ checkpoints load by key (``features.<i>.*``, ``classifier.*``). Max-pools use ``
 inputs that are not multiples of 32 (28x28 MNIST, 16x16) keep a non-empty map; on even sizes
 (32, 64, 224) this is identical to the original floor-mode pools.
 
-Taps: ``conv1`` ... ``convK`` (the ReLU output of every conv-BN-ReLU unit, in order), ``pool``
-(the representation, [n, 512]) and ``logits``.
+Stages (block taps): ``conv1`` ... ``convK`` (the ReLU output of every conv-BN-ReLU unit, each
+stage starting after the previous unit's ReLU, so max-pools open the next stage), ``pool`` (the
+last max-pool and global pooling: the representation, [n, 512]) and ``logits``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
-from reprlab.models.base import Body, GlobalAvgPool, register_arch
+from reprlab.models.base import Body, GlobalAvgPool, Stage, StagedNet, register_arch
 
 POOL = "M"
 CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -29,7 +29,7 @@ CONFIGS: dict[str, tuple[int | str, ...]] = {
 }  # fmt: skip
 
 
-class VGG(nn.Module):
+class VGG(StagedNet):
     """VGG-BN on normalised [n, in_channels, h, w] input -> logits [n, num_classes]."""
 
     def __init__(self, config: Sequence[int | str], *, num_classes: int, in_channels: int) -> None:
@@ -50,17 +50,19 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = GlobalAvgPool()
         self.classifier = nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)))
+        stages: list[Stage] = []
+        pending: list[str] = []
+        for index, layer in enumerate(self.features):
+            pending.append(f"features.{index}")
+            if isinstance(layer, nn.ReLU):
+                stages.append((f"conv{len(stages) + 1}", tuple(pending)))
+                pending = []
+        self.stages = (*stages, ("pool", (*pending, "pool")), ("logits", ("classifier",)))
 
 
 def _vgg_body(config_name: str, *, num_classes: int, in_channels: int) -> Body:
     net = VGG(CONFIGS[config_name], num_classes=num_classes, in_channels=in_channels)
-    relu_indices = [i for i, layer in enumerate(net.features) if isinstance(layer, nn.ReLU)]
-    taps = {f"conv{k}": f"features.{i}" for k, i in enumerate(relu_indices, start=1)}
-    taps.update(pool="pool", logits="classifier")
-    return Body(net=net, taps=taps, representation="pool")
+    return Body(net=net, stages=net.stages, representation="pool")
 
 
 @register_arch("vgg11_bn", "CIFAR VGG-11 with BatchNorm (8 conv units, kuangliu keys)")

@@ -7,8 +7,9 @@ That code also builds an unused ``sub_block1`` that never runs in ``forward``; i
 here, so an importer must drop ``sub_block1.*`` keys. ``relu`` and ``pool`` hold no state; pooling
 is adaptive (at 32x32 it equals the original 8x8 average pool).
 
-Taps: ``stem`` (conv1 output), one per block (``block1.0`` ... ``block3.<n-1>``), ``final``
-(after the last bn-relu), ``pool`` (the representation, [n, 64k]) and ``logits``.
+Stages (block taps): ``stem`` (conv1 output), one per block (``block1.0`` ...
+``block3.<n-1>``), ``final`` (the last bn-relu), ``pool`` (the representation, [n, 64k]) and
+``logits``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from reprlab.models.base import Body, GlobalAvgPool, register_arch
+from reprlab.models.base import Body, GlobalAvgPool, StagedNet, register_arch
 
 
 class WideBasicBlock(nn.Module):
@@ -64,7 +65,7 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(StagedNet):
     """WRN-depth-widen on normalised [n, in_channels, h, w] input -> logits [n, num_classes]."""
 
     def __init__(self, depth: int, widen: int, *, num_classes: int, in_channels: int) -> None:
@@ -82,6 +83,17 @@ class WideResNet(nn.Module):
         self.pool = GlobalAvgPool()
         self.fc = nn.Linear(widths[3], num_classes)
         self._init_like_reference()
+        self.stages = (
+            ("stem", ("conv1",)),
+            *(
+                (f"{stage}.{i}", (f"{stage}.layer.{i}",))
+                for stage in ("block1", "block2", "block3")
+                for i in range(per_stage)
+            ),
+            ("final", ("bn1", "relu")),
+            ("pool", ("pool",)),
+            ("logits", ("fc",)),
+        )
 
     def _init_like_reference(self) -> None:
         """He-normal (fan-out) convs, unit/zero BN, zero linear bias, as the reference code."""
@@ -95,20 +107,10 @@ class WideResNet(nn.Module):
             elif isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block3(self.block2(self.block1(self.conv1(x))))
-        out = self.relu(self.bn1(out))
-        return self.fc(self.pool(out))
-
 
 def _wide_resnet_body(depth: int, widen: int, *, num_classes: int, in_channels: int) -> Body:
     net = WideResNet(depth, widen, num_classes=num_classes, in_channels=in_channels)
-    taps = {"stem": "conv1"}
-    for stage in ("block1", "block2", "block3"):
-        for index in range(len(net.get_submodule(stage).layer)):
-            taps[f"{stage}.{index}"] = f"{stage}.layer.{index}"
-    taps.update(final="relu", pool="pool", logits="fc")
-    return Body(net=net, taps=taps, representation="pool")
+    return Body(net=net, stages=net.stages, representation="pool")
 
 
 @register_arch("wrn28_10", "WideResNet-28-10 for CIFAR (TRADES/Rice keys, no sub_block1)")
