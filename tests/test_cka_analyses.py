@@ -60,22 +60,22 @@ def read_matrix(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, index_col=0)
 
 
-def activations(model, batches: list[torch.Tensor]) -> dict[str, list[np.ndarray]]:
+def activations(model, batches: list[torch.Tensor], taps="blocks") -> dict[str, list[np.ndarray]]:
     """Per tap, the list of per-batch activations (float64 NumPy) of ``model`` in eval mode."""
     per_tap: dict[str, list[np.ndarray]] = {}
     for x in batches:
         with torch.no_grad():
-            acts = model.eval().features(x, model.block_taps)
+            acts = model.eval().features(x, taps)
         for tap, value in acts.items():
             per_tap.setdefault(tap, []).append(value.double().numpy())
     return per_tap
 
 
-def reference(model_a, model_b=None, batches=None) -> np.ndarray:
+def reference(model_a, model_b=None, batches=None, taps="blocks") -> np.ndarray:
     """Independent minibatch unbiased CKA of every tap of model_a against every tap of model_b."""
     batches = sample_batches() if batches is None else batches
-    rows = activations(model_a, batches)
-    cols = rows if model_b is None else activations(model_b, batches)
+    rows = activations(model_a, batches, taps)
+    cols = rows if model_b is None else activations(model_b, batches, taps)
     return cka_matrix(rows, cols)
 
 
@@ -91,6 +91,17 @@ def test_within_model_heatmap_matches_the_estimator(workdir: Path) -> None:
     np.testing.assert_allclose(np.diag(table.to_numpy()), 1.0)
     summary = json.loads((run_dir / "cka.json").read_text())
     assert summary["examples"] == 120 and summary["batches"] == 3
+
+
+def test_all_layer_taps(workdir: Path) -> None:
+    result = run_reprlab("run", *RECIPE, *CKA, "analysis=cka", "analysis.taps=all", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    run_dir = latest_run(workdir, "cka")
+    table = read_matrix(run_dir / "cka_cnn_small.csv")
+    model = stored_model(workdir, run_dir)
+    assert list(table.index) == list(model.layer_taps)
+    assert list(table.index)[:3] == ["conv1.0", "conv1.1", "conv1.2"]  # conv, ReLU, max-pool
+    np.testing.assert_allclose(table.to_numpy(), reference(model, taps="all"), atol=1e-10)
 
 
 def test_cross_model_heatmap_and_same_layer_curve(workdir: Path) -> None:
