@@ -1,8 +1,10 @@
-"""Atomic file writes: a temporary file in the target's directory, fsync, then a rename.
+"""Atomic file writes: a temporary file in the target's directory, fsync, a rename, then an
+fsync of the directory.
 
-The store and the run directory write every file through here, so a reader sees either the old
-file or the complete new one, never a partial write, even after a crash or ``kill -9``. Files get
-the permissions the user's umask allows (like ``open()``), not ``mkstemp``'s 0600.
+The store and the run directory write every file through here (torch checkpoints included), so a
+reader sees either the old file or the complete new one, never a partial write, even after a
+crash or ``kill -9``; after the directory's fsync the rename itself survives a power loss. Files
+get the permissions the user's umask allows (like ``open()``), not ``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
@@ -41,6 +43,20 @@ def _write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -58,3 +74,18 @@ def torch_save(path: Path, obj: Any) -> None:
     import torch
 
     _write_atomically(Path(path), lambda handle: torch.save(obj, handle))
+
+
+def unwritable(directory: Path) -> str | None:
+    """Why ``directory`` (or, if it does not exist yet, the directories to be created in its
+    nearest existing ancestor) cannot be written, or None when it can. Writes nothing."""
+    path = Path(os.path.abspath(directory))
+    while not path.exists():
+        if path.parent == path:
+            break
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable"
+    return None

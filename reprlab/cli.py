@@ -91,8 +91,9 @@ def job_overrides(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def compose_config(overrides: Sequence[str]) -> Any:
-    """Compose the run config for ``overrides`` (no Hydra run, no directories written)."""
+def compose_config(overrides: Sequence[str], hydra: bool = False) -> Any:
+    """Compose the run config for ``overrides`` (no Hydra run, no directories written);
+    ``hydra=True`` includes the ``hydra`` node (e.g. the run directory)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -102,7 +103,7 @@ def compose_config(overrides: Sequence[str]) -> Any:
     _register_config_extras()
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="reprlab"):
-            return compose("config", overrides=list(overrides))
+            return compose("config", overrides=list(overrides), return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise ReprlabError(" ".join(lines[:2]) if lines else type(err).__name__) from None
@@ -125,6 +126,28 @@ def preflight(overrides: Sequence[str], multirun: bool) -> None:
         except ReprlabError as err:
             prefix = f"in sweep job [{' '.join(job)}]: " if multirun and len(jobs) > 1 else ""
             raise ReprlabError(f"{prefix}{err}") from None
+    check_run_directory(jobs[0] if jobs else [], multirun)
+
+
+def check_run_directory(overrides: Sequence[str], multirun: bool) -> None:
+    """Raise ReprlabError (one line naming the path) unless the run directory Hydra is about to
+    create can be written. (The store is checked when something must be written to it: a
+    read-only store of trained models is fine.)"""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from reprlab import atomic
+
+    try:
+        cfg = compose_config(overrides, hydra=True)
+        directory = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
+    except (ReprlabError, OmegaConfBaseException):
+        return  # an unusual hydra.* override: Hydra itself reports it
+    problem = atomic.unwritable(Path(str(directory)))
+    if problem is not None:
+        raise ReprlabError(
+            f"cannot create the run directory {directory}: {problem}; choose a writable place "
+            "with paths.outputs=..."
+        )
 
 
 _EXTRAS_REGISTERED = False
@@ -182,10 +205,21 @@ def run_command(args: Sequence[str]) -> int:
 # --- cache ------------------------------------------------------------------------------------
 
 
+def store_root(args: argparse.Namespace, cfg: Any = None) -> str:
+    """The store a ``cache`` command works on: ``--store``, else the config's ``paths.store``
+    (``$REPRLAB_STORE`` when set, else ``<paths.outputs>/store``), exactly as ``reprlab run``
+    finds it."""
+    if args.store is not None:
+        return str(args.store)
+    if cfg is None:
+        cfg = compose_config(getattr(args, "overrides", None) or [])
+    return str(cfg.paths.store)
+
+
 def _store(args: argparse.Namespace) -> Any:
     from reprlab.store import ArtifactStore
 
-    return ArtifactStore(args.store)
+    return ArtifactStore(store_root(args))
 
 
 def _adversary_text(recipe: dict[str, Any]) -> str | None:
@@ -203,31 +237,37 @@ def cache_ls(args: argparse.Namespace) -> int:
 
     from reprlab.report import print_table
 
+    store = _store(args)
     rows = []
-    for key, meta, status in _store(args).entries():
+    for key, meta, status in store.entries():
         meta = meta or {}
-        recipe = meta.get("recipe", {})
-        final = meta.get("final", {})
+        recipe = meta.get("recipe") or {}
+        final = meta.get("final") or {}
         rows.append(
             {
                 "key": key,
-                "kind": meta.get("kind", "model"),
+                "kind": meta.get("kind", "?"),
                 "status": status,
                 "name": recipe.get("name", meta.get("label")),
                 "arch": recipe.get("arch"),
                 "dataset": meta.get("dataset"),
                 "adversary": _adversary_text(recipe),
                 "epochs": meta.get("epochs_trained"),
-                "clean_acc": final.get("eval_clean_acc"),
+                "clean_acc": final.get("eval_clean_acc", _import_accuracy(meta)),
                 "pgd_acc": next((v for k, v in final.items() if k.startswith("eval_pgd")), None),
-                "source": meta.get("source", "trained"),
+                "source": meta.get("source", "trained" if meta else None),
             }
         )
     if not rows:
-        print(f"the model store {args.store} is empty")
+        print(f"the store {store.root} is empty")
         return 0
     print_table(pd.DataFrame(rows))
     return 0
+
+
+def _import_accuracy(meta: dict[str, Any]) -> float | None:
+    check = meta.get("import_check") or {}
+    return check.get("clean_acc")
 
 
 def cache_rm(args: argparse.Namespace) -> int:
@@ -251,15 +291,58 @@ def cache_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cache_verify(args: argparse.Namespace) -> int:
+    """``reprlab cache verify``: check every complete entry's files against their sha256 and its
+    weights for NaN/inf; one line per bad entry, exit 1 if any."""
+    store = _store(args)
+    results = store.verify_all()
+    bad = [(key, problem) for key, problem in results if problem is not None]
+    for _, problem in bad:
+        print(problem)
+    unfinished = sum(status in ("incomplete", "training") for _, _, status in store.entries())
+    tail = f"; {unfinished} unfinished entries not checked" if unfinished else ""
+    print(
+        f"verified {len(results)} entries in {store.root}: "
+        + (f"{len(bad)} damaged" if bad else "all intact")
+        + tail
+    )
+    return 1 if bad else 0
+
+
 def cache_import(args: argparse.Namespace) -> int:
     from reprlab.importing import import_checkpoint
 
+    if args.examples < 0:
+        raise ReprlabError(f"--examples={args.examples} is invalid: it must be >= 0")
     cfg = compose_config(args.overrides)
-    entry = import_checkpoint(cfg, Path(args.checkpoint), args.format, args.store)
-    print(
-        f"imported {args.checkpoint} as {entry.meta['recipe']['name']} "
-        f"on {entry.meta['dataset']} -> store entry {entry.key}"
+    done = import_checkpoint(
+        cfg,
+        Path(args.checkpoint),
+        args.format,
+        store_root(args, cfg),
+        force=args.force,
+        examples=args.examples,
     )
+    entry = done.entry
+    print(
+        f"imported {args.checkpoint} (sha256 {entry.meta['checkpoint_sha256'][:16]}) as "
+        f"{entry.meta['recipe']['name']} on {entry.meta['dataset']} -> store entry {entry.key}"
+    )
+    print(f"key remapping: {'; '.join(done.notes)}")
+    if done.clean_acc is None:
+        print(f"clean accuracy not measured: {done.skipped}")
+    else:
+        print(
+            f"clean accuracy {done.clean_acc:.4f} on {done.examples} {entry.meta['dataset']} "
+            f"test images (seed {cfg.seed}; chance {done.chance:.4f})"
+        )
+    if done.near_chance:
+        print(
+            f"reprlab: warning: clean accuracy {done.clean_acc:.4f} is near chance "
+            f"({done.chance:.4f}): the weights probably did not load as meant (wrong model=, "
+            f"dataset= or --format?); check, then `reprlab cache rm {entry.key}`",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -358,28 +441,43 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    cache = commands.add_parser("cache", help="manage the model store")
+    cache = commands.add_parser("cache", help="manage the store of trained models and artifacts")
     cache_commands = cache.add_subparsers(dest="cache_command", metavar="action", required=True)
-    store_help = "model store directory (default: outputs/store)"
-    ls = cache_commands.add_parser("ls", help="list stored models with recipe and accuracy")
+    store_help = "store directory (default: paths.store: $REPRLAB_STORE, else outputs/store)"
+    ls = cache_commands.add_parser("ls", help="list stored entries with recipe and accuracy")
     ls.set_defaults(handler=cache_ls)
     rm = cache_commands.add_parser("rm", help="remove entries by key, key prefix or recipe name")
     rm.add_argument("entries", nargs="+")
     rm.set_defaults(handler=cache_rm)
     gc = cache_commands.add_parser("gc", help="remove incomplete entries left by killed runs")
     gc.set_defaults(handler=cache_gc)
+    verify = cache_commands.add_parser(
+        "verify",
+        help="check every entry's files against their sha256 (exit 1 if any is damaged)",
+    )
+    verify.set_defaults(handler=cache_verify)
     imp = cache_commands.add_parser(
         "import",
         help="import an external checkpoint as a recipe's weights",
         description="Example: reprlab cache import cifar_l2_0_5.pt model=resnet50_at_l2 "
-        "dataset=cifar10 --format robustness",
+        "dataset=cifar10 --format robustness. The model's clean accuracy on a seeded sample of "
+        "test images is measured and printed before it is stored.",
     )
     imp.add_argument("checkpoint")
     imp.add_argument("overrides", nargs="*", help="config overrides naming model= and dataset=")
     imp.add_argument("--format", choices=["auto", "state_dict", "robustness"], default="auto")
+    imp.add_argument(
+        "--force", action="store_true", help="replace an entry that holds a trained model"
+    )
+    imp.add_argument(
+        "--examples",
+        type=int,
+        default=1000,
+        help="test images for the accuracy check (default 1000; 0 skips it)",
+    )
     imp.set_defaults(handler=cache_import)
-    for sub in (ls, rm, gc, imp):
-        sub.add_argument("--store", default="outputs/store", help=store_help)
+    for sub in (ls, rm, gc, verify, imp):
+        sub.add_argument("--store", default=None, help=store_help)
 
     taps = commands.add_parser(
         "taps",

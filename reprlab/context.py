@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -22,17 +21,10 @@ from reprlab.config import DatasetSpec, ModelRecipe, attack_spec, dataset_spec, 
 from reprlab.data import DatasetInfo, dataset_info, make_loader
 from reprlab.errors import ReprlabError
 from reprlab.models import Classifier
-from reprlab.recipes import build_for, make_attack, model_identity
+from reprlab.recipes import build_for, make_attack, model_identity, monitor_attack
 from reprlab.runs import RunDirectory
 from reprlab.runtime import resolve_device, seeded_generator
-from reprlab.store import (
-    ArtifactStore,
-    Payload,
-    StoredArtifact,
-    TrainingFiles,
-    load_weights,
-    store_key,
-)
+from reprlab.store import ArtifactStore, Payload, StoredArtifact, TrainingFiles, store_key
 from reprlab.train import EpochBatches
 from reprlab.training import Monitor, train_recipe
 
@@ -84,7 +76,12 @@ class RunContext:
         return build_for(spec, self.info)
 
     def model(self, where: str = "model") -> LoadedModel:
-        """The trained model of recipe ``where`` from the store, training it first if missing."""
+        """The trained model of recipe ``where`` from the store, training it first if missing.
+
+        The entry is verified (every file against its recorded sha256, weights finite) before
+        use. run.json records the key before training starts, then where the weights came from
+        (``source``: trained or imported, with the imported file's sha256) and their sha256.
+        """
         spec = self.recipe(where)
         identity = model_identity(spec, self.dataset)
         key = store_key(identity)
@@ -97,6 +94,7 @@ class RunContext:
             "device": str(self.device),
             "run": str(self.run.path),
         }
+        self.run.update(models={where: {"name": spec.name, "key": key}})
         entry, trained = self.store.obtain(
             key,
             meta,
@@ -107,27 +105,35 @@ class RunContext:
         )
         if not trained:
             log.info("model %s: found in store (%s)", spec.name, key)
-        self.run.update(models={where: {"name": spec.name, "key": key, "trained_now": trained}})
-        model = self.load(spec, entry.payload_path)
+        source = entry.meta.get("source", "trained")
+        record = {
+            "name": spec.name,
+            "key": key,
+            "trained_now": trained,
+            "source": source,
+            "weights_sha256": entry.payload_sha256,
+        }
+        if source == "imported":
+            record["checkpoint_sha256"] = entry.meta.get("checkpoint_sha256")
+        self.run.update(models={where: record})
+        model = self.load(spec, entry.load(), origin=f"store entry {key}")
         return LoadedModel(model=model, recipe=spec, entry=entry)
 
-    def load(self, spec: ModelRecipe, weights: Path) -> Classifier:
-        """Build ``spec``'s architecture and load ``weights`` (eval mode, on the run's device)."""
+    def load(self, spec: ModelRecipe, state: dict[str, torch.Tensor], origin: str) -> Classifier:
+        """Build ``spec``'s architecture and load the weights ``state`` (eval mode, on the run's
+        device); ``origin`` names where they came from in an error."""
         model = self.build(spec)
-        state = load_weights(weights)
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
             raise ReprlabError(
-                f"{weights} does not fit {spec.arch}: {str(err).splitlines()[0]}"
+                f"{origin} does not fit {spec.arch}: {str(err).splitlines()[0]}"
             ) from None
         return model.to(self.device).eval()
 
     def _train(self, spec: ModelRecipe, files: TrainingFiles) -> tuple[dict, dict]:
         monitor = self.cfg.monitor
-        attack = make_attack(
-            replace(attack_spec(self.cfg.attack), steps=int(monitor.attack_steps), step_size=None)
-        )
+        steps = int(monitor.attack_steps)
         self.run.update(seeds={"eval_sample": self.seed})
         return train_recipe(
             spec,
@@ -138,7 +144,7 @@ class RunContext:
             monitor=Monitor(
                 examples=int(monitor.examples),
                 batch_size=int(monitor.batch_size),
-                attack=attack,
+                attack=monitor_attack(spec, self.dataset, steps),
                 seed=self.seed,
             ),
             num_workers=self.num_workers,

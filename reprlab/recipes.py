@@ -14,16 +14,28 @@ import torch
 
 from reprlab.attacks import PGD
 from reprlab.config import AdversarySpec, AttackSpec, DatasetSpec, ModelRecipe
-from reprlab.data import DatasetInfo
-from reprlab.models import Classifier, build_model
+from reprlab.data import DatasetInfo, dataset_info
+from reprlab.models import Classifier, architecture_version, build_model
 from reprlab.train import TrainSettings
 
 
 def model_identity(spec: ModelRecipe, dataset: DatasetSpec) -> dict[str, Any]:
-    """The fields that determine a model's weights: its store key is a hash of exactly these."""
+    """The fields that determine a model's weights: its store key is a hash of exactly these.
+
+    ``arch_version`` is :func:`reprlab.models.architecture_version` of the architecture as built
+    for this dataset: a change to the architecture's layers gives a new key, so weights trained
+    for the old definition are never loaded into the new one.
+    """
+    info = dataset_info(dataset.name)
     return {
         "kind": "model",
         "arch": spec.arch,
+        "arch_version": architecture_version(
+            spec.arch,
+            num_classes=info.num_classes,
+            in_channels=info.channels,
+            image_size=info.image_size,
+        ),
         "seed": spec.seed,
         "dataset": {"name": dataset.name, "train_limit": dataset.train_limit},
         "train": asdict(spec.train),
@@ -69,6 +81,30 @@ def make_attack(spec: AttackSpec) -> PGD:
         targeted=spec.targeted,
         keep_best=spec.keep_best,
         model_mode=spec.model_mode,
+    )
+
+
+def monitor_attack(spec: ModelRecipe, dataset: DatasetSpec, steps: int) -> PGD:
+    """The attack of the held-out training monitor of recipe ``spec``: a property of the model
+    recipe, never of a run's ``attack`` group (the entry's metrics must not depend on which run
+    happened to train it).
+
+    The recipe's own threat: its adversary's norm and ε (standard recipes: L∞ at the dataset's
+    customary ``eps_linf``), ``steps`` steps of 2.5·ε/steps (Madry et al.) from a random start,
+    keeping each example's best iterate, model in eval mode.
+    """
+    if spec.adversary is None:
+        norm, eps = "linf", dataset.eps_linf
+    else:
+        norm, eps = spec.adversary.norm, spec.adversary.eps
+    return PGD(
+        norm=norm,
+        eps=eps,
+        step_size=2.5 * eps / steps if eps > 0 and steps > 0 else 1.0,
+        steps=steps,
+        random_start=True,
+        keep_best=True,
+        model_mode="eval",
     )
 
 

@@ -27,12 +27,34 @@ log = logging.getLogger("reprlab")
 
 @dataclass(frozen=True)
 class Monitor:
-    """Held-out metrics after every epoch (they never change the weights)."""
+    """Held-out metrics after every epoch (they never change the weights): clean and PGD
+    accuracy on a fixed sample of ``examples`` test images drawn with ``seed``. The attack is
+    the recipe's own (:func:`reprlab.recipes.monitor_attack`)."""
 
     examples: int
     batch_size: int
     attack: PGD
     seed: int
+
+    def settings(self) -> dict[str, Any]:
+        """What the monitor's numbers mean, as recorded in the store entry's meta.json."""
+        a = self.attack
+        return {
+            "split": "test",
+            "examples": self.examples,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "attack": {
+                "norm": a.norm,
+                "eps": a.eps,
+                "step_size": a.step_size,
+                "steps": a.steps,
+                "random_start": a.random_start,
+                "restarts": a.restarts,
+                "keep_best": a.keep_best,
+                "model_mode": a.model_mode,
+            },
+        }
 
 
 def train_recipe(
@@ -49,7 +71,8 @@ def train_recipe(
     """Train ``spec`` on ``dataset`` into store entry ``files``; return (weights, summary).
 
     Resumes from the entry's checkpoint when one is there; writes a checkpoint and the metrics
-    after every epoch and keeps the weights of ``spec.snapshot_epochs``.
+    after every epoch and keeps the weights of ``spec.snapshot_epochs``. The summary records the
+    monitor's settings (``monitor``) next to its final numbers.
     """
     log.info(
         "model %s: training (%s, %d epochs)",
@@ -101,10 +124,12 @@ def train_recipe(
     snapshots = set(spec.snapshot_epochs)
 
     def on_epoch_end(state: dict[str, Any], record: dict[str, Any]) -> None:
-        files.save_checkpoint(state)
-        files.write_metrics(state["history"])
+        # The checkpoint last: it vouches for the snapshot and metrics written before it, and a
+        # run killed before it redoes this epoch (rewriting both).
         if record["epoch"] in snapshots:
             files.save_snapshot(record["epoch"], state["model"])
+        files.write_metrics(state["history"])
+        files.save_checkpoint(state)
 
     resume = files.load_checkpoint()
     if resume is not None:
@@ -119,5 +144,9 @@ def train_recipe(
         on_epoch_end=on_epoch_end,
         progress=progress,
     )
-    summary = {"final": history[-1] if history else {}, "epochs_trained": len(history)}
+    summary = {
+        "final": history[-1] if history else {},
+        "epochs_trained": len(history),
+        "monitor": monitor.settings(),
+    }
     return model.state_dict(), summary

@@ -28,12 +28,21 @@ def reprlab_env() -> dict[str, str]:
     return env
 
 
-def run_reprlab(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m reprlab <args>`` in ``cwd``; return the finished process (text output)."""
+def run_reprlab(
+    *args: str,
+    cwd: Path,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess:
+    """Run ``python -m reprlab <args>`` in ``cwd``; return the finished process (text output).
+
+    ``env``: extra environment variables; ``prefix``: a command to run it under (e.g. setpriv).
+    """
     return subprocess.run(
-        [sys.executable, "-m", "reprlab", *args],
+        [*prefix, sys.executable, "-m", "reprlab", *args],
         cwd=cwd,
-        env=reprlab_env(),
+        env={**reprlab_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

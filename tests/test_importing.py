@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -34,10 +35,11 @@ def robustness_checkpoint(model, mean, std) -> dict:
     net = model.net.state_dict()
     state = {f"module.model.{k}": v for k, v in net.items()}
     state.update({f"module.attacker.model.{k}": v.clone() for k, v in net.items()})
-    state["module.normalizer.new_mean"] = torch.tensor(mean).view(3, 1, 1)
-    state["module.normalizer.new_std"] = torch.tensor(std).view(3, 1, 1)
-    state["module.attacker.normalize.new_mean"] = torch.tensor(mean).view(3, 1, 1)
-    state["module.attacker.normalize.new_std"] = torch.tensor(std).view(3, 1, 1)
+    channels = len(mean)
+    state["module.normalizer.new_mean"] = torch.tensor(mean).view(channels, 1, 1)
+    state["module.normalizer.new_std"] = torch.tensor(std).view(channels, 1, 1)
+    state["module.attacker.normalize.new_mean"] = torch.tensor(mean).view(channels, 1, 1)
+    state["module.attacker.normalize.new_std"] = torch.tensor(std).view(channels, 1, 1)
     return {
         "model": state,
         "epoch": 150,
@@ -126,6 +128,12 @@ def test_cache_import_end_to_end(workdir: Path) -> None:
     assert run.returncode == 0, run.stderr
     record = json.loads(next((workdir / "outputs" / "runs").rglob("run.json")).read_text())
     assert record["models"]["model"]["trained_now"] is False
+    # run.json names the imported file by its hash, not only by the recipe's key.
+    assert record["models"]["model"]["source"] == "imported"
+    assert (
+        record["models"]["model"]["checkpoint_sha256"]
+        == hashlib.sha256(path.read_bytes()).hexdigest()
+    )
 
     broken = workdir / "broken.pt"
     broken.write_bytes(b"garbage")
@@ -134,3 +142,114 @@ def test_cache_import_end_to_end(workdir: Path) -> None:
     )
     assert failed.returncode == 2 and "cannot load" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+# --- no silent overwrite, the import's identity and its accuracy check (issue 7, item 2) -----
+
+IMPORT = ["model=cnn_small", "dataset=synthetic"]
+
+
+def recipe_key() -> str:
+    from reprlab.cli import compose_config
+    from reprlab.config import dataset_spec, recipe
+    from reprlab.recipes import model_identity
+    from reprlab.store import store_key
+
+    cfg = compose_config(IMPORT)
+    return store_key(model_identity(recipe(cfg.model), dataset_spec(cfg.dataset)))
+
+
+def synthetic_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(
+        "cnn_small", num_classes=10, in_channels=1, image_size=16, mean=(0.5110,), std=(0.2360,)
+    )
+
+
+def test_import_never_silently_replaces_a_trained_model(tmp_path: Path, capsys) -> None:
+    from reprlab import cli
+    from reprlab.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "store")
+    key = recipe_key()
+
+    def train(files):  # a trained entry: snapshots and metrics besides the weights
+        weights = synthetic_model(1).state_dict()
+        files.save_snapshot(1, weights)
+        files.write_metrics([{"epoch": 1, "eval_clean_acc": 0.9}])
+        return weights, {"final": {"eval_clean_acc": 0.9}}
+
+    entry, _ = store.obtain(key, {"recipe": {"name": "cnn_small"}}, train)
+    trained_bytes = entry.payload_path.read_bytes()
+    path = tmp_path / "other.pt"
+    torch.save(synthetic_model(2).state_dict(), path)
+
+    args = ["cache", "import", str(path), *IMPORT, "--store", str(store.root)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"store entry {key} already holds a trained model (cnn_small)" in err and "--force" in err
+    )
+    assert entry.payload_path.read_bytes() == trained_bytes
+    assert (entry.path / "snapshots" / "epoch_001.pt").exists() and entry.history()
+
+    assert cli.main([*args, "--force"]) == 0
+    replaced = store.get(key)
+    assert replaced.meta["source"] == "imported" and not replaced.snapshot_epochs()
+
+
+def test_import_records_the_files_hash_and_checks_accuracy(tmp_path: Path, capsys) -> None:
+    """The imported file's sha256 is its identity; its clean accuracy on a seeded test sample is
+    measured (checked here against an independent computation), printed with the key
+    remapping, and a model at chance is flagged. The store is taken from paths.store."""
+    import hashlib
+
+    from reprlab import cli
+    from reprlab.attacks import robust_accuracy
+    from reprlab.data import make_loader
+    from reprlab.store import ArtifactStore
+    from reprlab.train import TrainSettings, train_classifier
+
+    model = synthetic_model(0)
+    loader = make_loader("synthetic", ".", "train", batch_size=100, train=True, seed=0)
+    train_classifier(model, loader, TrainSettings(epochs=1, lr=2e-3, optimizer="adam"),
+                     device=torch.device("cpu"), progress=False)  # fmt: skip
+    path = tmp_path / "trained.pt"
+    torch.save(robustness_checkpoint(model, (0.5110,), (0.2360,)), path)
+    store_dir = tmp_path / "elsewhere"
+
+    assert cli.main(["cache", "import", str(path), *IMPORT, f"paths.store={store_dir}"]) == 0
+    out, err = capsys.readouterr()
+    entry = ArtifactStore(store_dir).get(recipe_key())
+    assert entry.meta["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    test = list(make_loader("synthetic", ".", "test", batch_size=500, train=False).epoch(0))
+    expected = robust_accuracy(model.eval(), test, None, progress=False)
+    assert expected > 0.5, "one epoch should learn the synthetic task"
+    assert entry.meta["import_check"]["clean_acc"] == pytest.approx(expected, abs=1e-9)
+    assert entry.meta["import_check"]["examples"] == 500
+    assert f"clean accuracy {expected:.4f} on 500 synthetic test images" in out
+    assert "module.model.* -> net.*" in out and "module.attacker.* (" in out
+    assert "near chance" not in err
+
+    untrained = tmp_path / "untrained.pt"
+    torch.save(synthetic_model(3).state_dict(), untrained)
+    args = ["cache", "import", str(untrained), *IMPORT, f"paths.store={store_dir}", "--force"]
+    assert cli.main(args) == 0
+    out, err = capsys.readouterr()
+    acc = ArtifactStore(store_dir).get(recipe_key()).meta["import_check"]["clean_acc"]
+    assert acc < 0.19 and "near chance" in err, (acc, err)
+
+
+def test_non_finite_checkpoints_are_refused(tmp_path: Path, capsys) -> None:
+    from reprlab import cli
+
+    state = synthetic_model(0).state_dict()
+    state["net.fc2.weight"] = state["net.fc2.weight"].clone()
+    state["net.fc2.weight"][0, 0] = float("inf")
+    path = tmp_path / "inf.pt"
+    torch.save(state, path)
+    args = ["cache", "import", str(path), *IMPORT, "--store", str(tmp_path / "store")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "net.fc2.weight" in err and len(err.strip().splitlines()) == 1
+    assert not any((tmp_path / "store").glob("*/COMPLETE"))

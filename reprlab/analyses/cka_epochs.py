@@ -59,7 +59,10 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         )
     labels = [f"epoch {e}" for e in wanted] + [f"epoch {final} (final)"]
     final_label = labels[-1]
-    models = [ctx.load(loaded.recipe, loaded.entry.snapshot_path(e)) for e in wanted]
+    models = [
+        ctx.load(loaded.recipe, loaded.entry.load_snapshot(e), f"{loaded.key} epoch {e}")
+        for e in wanted
+    ]
     models.append(loaded.model)
     taps = common.taps_of(s, loaded.model)
     members = [Member(label, model, taps) for label, model in zip(labels, models, strict=True)]

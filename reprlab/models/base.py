@@ -10,9 +10,13 @@ last is ``logits``. Every conv, BatchNorm, ReLU, pooling and linear output is a 
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -299,28 +303,102 @@ def select_taps(model: Classifier, spec: TapSpec = "blocks") -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ArchInfo:
-    """A registered architecture: its constructor and the input it is meant for."""
+    """A registered architecture: its constructor and the input it is meant for.
+
+    ``version`` is part of :func:`architecture_version`: bump it when a change to the
+    architecture cannot be seen in its module structure (forward code such as the order of
+    operations in a block, or the initialisation), so stored weights are not reused.
+    """
 
     name: str
     build: Callable[..., Body]
     description: str
+    version: int = 1
 
 
 _REGISTRY: dict[str, ArchInfo] = {}
 
 
 def register_arch(
-    name: str, description: str
+    name: str, description: str, *, version: int = 1
 ) -> Callable[[Callable[..., Body]], Callable[..., Body]]:
-    """Register ``fn(num_classes, in_channels, image_size) -> Body`` under ``name``."""
+    """Register ``fn(num_classes, in_channels, image_size) -> Body`` under ``name``.
+
+    ``version``: bump it on a change the module structure does not show (see :class:`ArchInfo`);
+    changes to layers, their hyperparameters, parameter shapes or stages change the key by
+    themselves.
+    """
 
     def decorator(fn: Callable[..., Body]) -> Callable[..., Body]:
         if name in _REGISTRY:
             raise ValueError(f"architecture {name!r} registered twice")
-        _REGISTRY[name] = ArchInfo(name=name, build=fn, description=description)
+        _REGISTRY[name] = ArchInfo(name=name, build=fn, description=description, version=version)
         return fn
 
     return decorator
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _module_settings(module: nn.Module) -> dict[str, Any]:
+    """The hyperparameters of ``module`` that shape its computation.
+
+    torch.nn layers: their ``__constants__`` (kernel size, stride, padding, eps, inplace, ...,
+    stable across torch releases); other modules (reprlab's, torchvision's blocks): their public
+    attributes of plain type (e.g. a block's stride).
+    """
+    if type(module).__module__.startswith("torch."):
+        names = sorted(getattr(module, "__constants__", ()))
+    else:
+        names = sorted(k for k in vars(module) if not k.startswith("_") and k != "training")
+    settings = {}
+    for name in names:
+        value = getattr(module, name, None)
+        if isinstance(value, (list, tuple)):
+            value = list(value)
+        if isinstance(value, _PLAIN) or (
+            isinstance(value, list) and all(isinstance(v, _PLAIN) for v in value)
+        ):
+            settings[name] = value
+    return settings
+
+
+@functools.cache
+def architecture_version(arch: str, *, num_classes: int, in_channels: int, image_size: int) -> str:
+    """A 16-hex-digit hash of architecture ``arch``'s definition, for store keys.
+
+    Hashes the registered ``version`` (see :func:`register_arch`), the stages and the
+    representation tap, every module in order (path, class name, :func:`_module_settings`) and
+    every parameter and buffer (name, shape, dtype) of the network built for this input. So
+    adding, removing or reshaping a layer, or changing a stride, padding, pooling or activation,
+    changes it, while comments, formatting and refactorings that build the same network do not.
+    Built on the ``meta`` device: no memory, no random draws, milliseconds.
+    """
+    if arch not in _REGISTRY:
+        raise ReprlabError(
+            f"unknown architecture '{arch}'; choose one of: {', '.join(available_archs())}"
+        )
+    info = _REGISTRY[arch]
+    with torch.device("meta"):
+        body = info.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    modules = [
+        [path, type(module).__name__, _module_settings(module)]
+        for path, module in body.net.named_modules()
+    ]
+    tensors = [
+        [name, list(tensor.shape), str(tensor.dtype)]
+        for name, tensor in body.net.state_dict(keep_vars=True).items()
+    ]
+    description = {
+        "version": info.version,
+        "stages": [[name, list(paths)] for name, paths in body.stages],
+        "representation": body.representation,
+        "modules": modules,
+        "tensors": tensors,
+    }
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def available_archs() -> list[str]:
