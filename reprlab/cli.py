@@ -302,7 +302,7 @@ def cache_verify(args: argparse.Namespace) -> int:
     unfinished = sum(status in ("incomplete", "training") for _, _, status in store.entries())
     tail = f"; {unfinished} unfinished entries not checked" if unfinished else ""
     print(
-        f"verified {len(results)} entries in {store.root}: "
+        f"verified {len(results)} entr{'y' if len(results) == 1 else 'ies'} in {store.root}: "
         + (f"{len(bad)} damaged" if bad else "all intact")
         + tail
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import FAST, reprlab_env, run_reprlab
 
@@ -55,8 +57,7 @@ def test_killed_training_resumes_to_the_same_weights(workdir: Path) -> None:
     store = killed_dir / "outputs" / "store"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        metrics = list(store.glob("*/metrics.jsonl"))
-        if metrics and len(metrics[0].read_text().splitlines()) >= 1:
+        if list(store.glob("*/work/last.pt")):  # an epoch's checkpoint is written (it comes last)
             process.send_signal(signal.SIGKILL)  # no chance to clean up
             break
         time.sleep(0.05)
@@ -77,3 +78,63 @@ def test_killed_training_resumes_to_the_same_weights(workdir: Path) -> None:
             assert torch.equal(expected[key], actual[key]), f"{name}: {key}"
     history = [json.loads(line) for line in (entry / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_every_damage_to_a_store_entry_stops_or_retrains_end_to_end(workdir: Path) -> None:
+    """The corruption bar through the command line (the in-process version is fast, in
+    test_store_integrity): every file kind of an entry, complete or killed mid-training, and
+    every damage. The next run exits 2 with one line naming `reprlab cache rm <key>`, or
+    completes on weights identical to an undamaged training; pickled code never runs."""
+    from test_store_integrity import damage
+
+    args = [*TRAIN, "model.train.epochs=2", "model.snapshot_epochs=[1,2]"]
+    complete, unfinished = workdir / "complete", workdir / "unfinished"
+    complete.mkdir()
+    unfinished.mkdir()
+    assert run_reprlab("run", *args, cwd=complete).returncode == 0
+    (reference,) = [p for p in (complete / "outputs" / "store").iterdir() if p.is_dir()]
+    expected = torch.load(reference / "artifact.pt", weights_only=True)
+    process = start(args, unfinished)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if list((unfinished / "outputs" / "store").glob("*/work/last.pt")):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    key = reference.name
+
+    files = {
+        "payload": (complete, "artifact.pt"),
+        "snapshot": (complete, "snapshots/epoch_001.pt"),
+        "metrics": (complete, "metrics.jsonl"),
+        "meta": (complete, "meta.json"),
+        "marker": (complete, "COMPLETE"),
+        "checkpoint": (unfinished, "work/last.pt"),
+        "unfinished snapshot": (unfinished, "snapshots/epoch_001.pt"),
+    }
+    outcomes = {}
+    for kind, (template, name) in files.items():
+        for how in ("truncate", "flip", "evil", "delete"):
+            case = workdir / f"{kind}-{how}".replace(" ", "_")
+            shutil.copytree(template / "outputs" / "store", case / "outputs" / "store")
+            marker = case / "code-ran"
+            damage(case / "outputs" / "store" / key / name, how, marker)
+            result = run_reprlab("run", *args, cwd=case)
+            assert "Traceback" not in result.stderr, (kind, how, result.stderr)
+            assert not marker.exists(), (kind, how, "code in a pickle ran")
+            if result.returncode == 2:
+                line = result.stderr.strip().splitlines()[-1]
+                assert f"`reprlab cache rm {key}`" in line, (kind, how, line)
+                outcomes[kind, how] = "stopped"
+                continue
+            assert result.returncode == 0, (kind, how, result.stderr)
+            (record,) = run_records(case)
+            assert record["models"]["model"]["trained_now"], (kind, how, "used without retraining")
+            actual = torch.load(case / "outputs" / "store" / key / "artifact.pt", weights_only=True)
+            for tensor in expected:
+                assert torch.equal(expected[tensor], actual[tensor]), (kind, how, tensor)
+            outcomes[kind, how] = "retrained"
+    print(outcomes)
