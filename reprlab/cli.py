@@ -299,8 +299,12 @@ def cache_verify(args: argparse.Namespace) -> int:
     bad = [(key, problem) for key, problem in results if problem is not None]
     for _, problem in bad:
         print(problem)
-    unfinished = sum(status in ("incomplete", "training") for _, _, status in store.entries())
+    statuses = [status for _, _, status in store.entries()]
+    unfinished = sum(status in ("incomplete", "training") for status in statuses)
+    outdated = statuses.count("outdated")
     tail = f"; {unfinished} unfinished entries not checked" if unfinished else ""
+    if outdated:
+        tail += f"; {outdated} entries of an older reprlab are never used (`reprlab cache gc`)"
     print(
         f"verified {len(results)} entr{'y' if len(results) == 1 else 'ies'} in {store.root}: "
         + (f"{len(bad)} damaged" if bad else "all intact")
@@ -449,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     rm = cache_commands.add_parser("rm", help="remove entries by key, key prefix or recipe name")
     rm.add_argument("entries", nargs="+")
     rm.set_defaults(handler=cache_rm)
-    gc = cache_commands.add_parser("gc", help="remove incomplete entries left by killed runs")
+    gc = cache_commands.add_parser(
+        "gc", help="remove incomplete entries left by killed runs, and outdated ones"
+    )
     gc.set_defaults(handler=cache_gc)
     verify = cache_commands.add_parser(
         "verify",

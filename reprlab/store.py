@@ -204,6 +204,7 @@ class TrainingFiles:
         self.checkpoint_path = entry / CHECKPOINT
         self.metrics_path = entry / METRICS
         self.files: dict[str, dict[str, Any]] = {}
+        self._metrics: bytes | None = None
 
     def _write(self, relative: str, data: bytes) -> None:
         with writing_to(self.root):
@@ -230,8 +231,8 @@ class TrainingFiles:
             files = checkpoint.get("files", {}) if isinstance(checkpoint, dict) else None
             if not isinstance(files, dict) or "state" not in checkpoint:
                 problem = "it is not a reprlab training checkpoint"
-            else:
-                problem = _check_files(self.entry, files)
+            else:  # metrics.jsonl is rewritten from the checkpoint's own copy below
+                problem = _check_files(self.entry, {k: v for k, v in files.items() if k != METRICS})
         if problem is not None:
             log.warning(
                 "the resumable checkpoint of store entry %s is damaged (%s); training from scratch",
@@ -240,7 +241,11 @@ class TrainingFiles:
             )
             self.discard()
             return None
-        self.files = dict(checkpoint["files"])
+        self.files = {k: v for k, v in checkpoint["files"].items() if k != METRICS}
+        self._metrics = checkpoint.get("metrics")
+        if self._metrics is not None:
+            # A run killed between an epoch's metrics and its checkpoint left newer metrics.
+            self._write(METRICS, self._metrics)
         return checkpoint["state"]
 
     def discard(self) -> None:
@@ -249,7 +254,7 @@ class TrainingFiles:
             for name in ("work", "snapshots"):
                 shutil.rmtree(self.entry / name, ignore_errors=True)
             self.metrics_path.unlink(missing_ok=True)
-        self.files = {}
+        self.files, self._metrics = {}, None
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Replace the resumable checkpoint with ``state`` (atomic, sealed by its sha256).
@@ -257,7 +262,7 @@ class TrainingFiles:
         Save it *after* the epoch's snapshot and metrics, so that a checkpoint never vouches for
         a file that was not written.
         """
-        data = serialize({"state": state, "files": self.files})
+        data = serialize({"state": state, "files": self.files, "metrics": self._metrics})
         with writing_to(self.root):
             atomic.write_bytes(self.checkpoint_path, _seal(data))
 
@@ -266,8 +271,10 @@ class TrainingFiles:
         self._write(f"snapshots/epoch_{epoch:03d}.pt", serialize(payload))
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite metrics.jsonl with one JSON line per finished epoch (atomic)."""
-        self._write(METRICS, "".join(json.dumps(r) + "\n" for r in history).encode())
+        """Rewrite metrics.jsonl with one JSON line per finished epoch (atomic; the next
+        checkpoint keeps a copy)."""
+        self._metrics = "".join(json.dumps(r) + "\n" for r in history).encode()
+        self._write(METRICS, self._metrics)
 
 
 def _check_files(entry: Path, files: Mapping[str, Any]) -> str | None:
@@ -588,8 +595,9 @@ class ArtifactStore:
 
     def entries(self) -> list[tuple[str, dict[str, Any] | None, str]]:
         """Every entry directory as (key, meta or None, status) where status is ``complete``,
-        ``damaged`` (its meta.json does not match COMPLETE), ``training`` (locked by a live
-        process) or ``incomplete``."""
+        ``damaged`` (its meta.json does not match COMPLETE), ``outdated`` (written by a reprlab
+        before entries were hashed: its key is no longer asked for), ``training`` (locked by a
+        live process) or ``incomplete``."""
         if not self.root.exists():
             return []
         rows = []
@@ -598,6 +606,8 @@ class ArtifactStore:
             if (path / COMPLETE).exists():
                 meta, problem = _read_sealed_meta(path)
                 status = "complete" if problem is None else "damaged"
+                if problem is not None and (path / COMPLETE).stat().st_size == 0:
+                    status = "outdated"  # format 2: an empty marker, no hashes; never used
             else:
                 meta = None
                 with contextlib.suppress(OSError, ValueError):
@@ -643,17 +653,19 @@ class ArtifactStore:
             shutil.rmtree(self.path(key), ignore_errors=True)
 
     def garbage_collect(self) -> list[str]:
-        """Remove incomplete entries no process is producing (e.g. killed runs); return their keys.
+        """Remove incomplete entries no process is producing (e.g. killed runs) and outdated
+        ones (no run uses them); return their keys.
 
         Note: this discards the resumable checkpoint of an interrupted training. Lock files stay.
         """
         removed = []
         for key, _, status in self.entries():
-            if status != "incomplete":
+            if status not in ("incomplete", "outdated"):
                 continue
             # A lock taken meanwhile (a run resuming it) means: leave it.
             with contextlib.suppress(ReprlabError), self.lock(key, wait=False):
-                if not (self.path(key) / COMPLETE).exists():
+                marker = self.path(key) / COMPLETE
+                if not marker.exists() or marker.stat().st_size == 0:
                     with writing_to(self.root):
                         shutil.rmtree(self.path(key), ignore_errors=True)
                     removed.append(key)

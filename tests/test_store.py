@@ -12,7 +12,7 @@ import torch
 
 from reprlab import atomic
 from reprlab.errors import ReprlabError
-from reprlab.store import ArtifactStore, load_weights, store_key
+from reprlab.store import ArtifactStore, TrainingFiles, load_weights, store_key
 
 WEIGHTS = {"w": torch.arange(6.0).reshape(2, 3)}
 
@@ -167,3 +167,30 @@ def test_files_get_the_users_umask(tmp_path: Path) -> None:
         os.umask(previous)
     for name in ("a.txt", "b.pt"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_resume_keeps_a_checkpoint_that_is_older_than_the_metrics(tmp_path: Path) -> None:
+    """Killed between an epoch's metrics and its checkpoint: that is no damage; the training
+    resumes and the metrics are those of the checkpoint."""
+    files = TrainingFiles(tmp_path / "entry")
+    files.save_snapshot(1, {"w": torch.ones(2)})
+    files.write_metrics([{"epoch": 1}])
+    files.save_checkpoint({"epoch": 1})
+    files.save_snapshot(2, {"w": torch.ones(2)})
+    files.write_metrics([{"epoch": 1}, {"epoch": 2}])  # killed here
+    resumed = TrainingFiles(tmp_path / "entry")
+    assert resumed.load_checkpoint() == {"epoch": 1}
+    assert (tmp_path / "entry" / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    assert set(resumed.files) == {"snapshots/epoch_001.pt", "metrics.jsonl"}
+
+
+def test_a_damaged_snapshot_makes_the_training_start_again(tmp_path: Path) -> None:
+    files = TrainingFiles(tmp_path / "entry")
+    files.save_snapshot(1, {"w": torch.ones(2)})
+    files.save_checkpoint({"epoch": 1})
+    snapshot = tmp_path / "entry" / "snapshots" / "epoch_001.pt"
+    data = bytearray(snapshot.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit
+    snapshot.write_bytes(bytes(data))
+    assert TrainingFiles(tmp_path / "entry").load_checkpoint() is None
+    assert not snapshot.exists() and not (tmp_path / "entry" / "work").exists()

@@ -196,6 +196,24 @@ def test_cache_verify_names_each_damaged_entry(tmp_path: Path, capsys) -> None:
     assert len(lines) == 3 and "2 damaged" in lines[-1]
     assert "reprlab cache rm " + "b" * 16 in lines[0] and "artifact.pt" in lines[0]
     assert "reprlab cache rm " + "c" * 16 in lines[1] and "meta.json" in lines[1]
+    assert (
+        cli.main(["cache", "rm", "b" * 16, "c" * 16, "--store", str(tmp_path)]) == 0
+    )  # the remedy
+    assert cli.main(["cache", "verify", "--store", str(tmp_path)]) == 0
+
+
+def test_entries_of_an_older_reprlab_are_listed_as_outdated_and_collected(
+    tmp_path: Path, capsys
+) -> None:
+    old = tmp_path / ("d" * 16)  # format 2: no hashes, an empty marker
+    old.mkdir()
+    torch.save({"w": torch.zeros(1)}, old / "artifact.pt")
+    (old / "meta.json").write_text(json.dumps({"kind": "model", "recipe": {"name": "m"}}))
+    (old / "COMPLETE").write_text("")
+    assert ArtifactStore(tmp_path).entries()[0][2] == "outdated"
+    assert cli.main(["cache", "verify", "--store", str(tmp_path)]) == 0
+    assert "1 entries of an older reprlab are never used" in capsys.readouterr().out
+    assert ArtifactStore(tmp_path).garbage_collect() == ["d" * 16] and not old.exists()
 
 
 @pytest.fixture(scope="module")
