@@ -308,9 +308,12 @@ def unprivileged() -> tuple[str, ...]:
 
 def test_read_only_outputs_or_store_is_one_line(tmp_path: Path) -> None:
     prefix = unprivileged()
-    locked = tmp_path / "locked"
+    locked, shared = tmp_path / "locked", tmp_path / "shared"
     locked.mkdir()
-    locked.chmod(0o555)
+    (shared / "0123456789abcdef").mkdir(parents=True)  # an unfinished entry and its lock file
+    (shared / "0123456789abcdef.lock").touch()
+    for path in (locked, shared / "0123456789abcdef", shared):
+        path.chmod(0o555)
     try:
         outputs = run_reprlab(
             "run", *FAST, *EVALUATE, f"paths.outputs={locked / 'out'}", cwd=tmp_path, prefix=prefix
@@ -318,14 +321,17 @@ def test_read_only_outputs_or_store_is_one_line(tmp_path: Path) -> None:
         store = run_reprlab(
             "run", *FAST, *EVALUATE, f"paths.store={locked / 'store'}", cwd=tmp_path, prefix=prefix
         )
+        listed = run_reprlab("cache", "ls", "--store", str(shared), cwd=tmp_path, prefix=prefix)
     finally:
-        locked.chmod(0o755)
+        for path in (locked, shared, shared / "0123456789abcdef"):
+            path.chmod(0o755)
     for result, path in ((outputs, locked / "out"), (store, locked / "store")):
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr, result.stderr
         line = result.stderr.strip().splitlines()[-1]
         assert line.startswith("reprlab: error: ") and str(path) in line, line
     assert list(locked.iterdir()) == []
+    assert listed.returncode == 0 and "incomplete" in listed.stdout, listed.stderr  # reads only
 
 
 # --- locks that hold (item 3) -------------------------------------------------------------
