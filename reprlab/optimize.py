@@ -86,7 +86,9 @@ class InputOptimizer:
     - ``l2``: ``x + α·s/‖s‖₂`` per example (a zero gradient gives no step);
     - ``grad``: ``x + α·s`` (raw gradient ascent/descent);
     - ``adam``: Adam (Kingma & Ba 2015) on the input, learning rate α, ``betas``, ε = 1e-8,
-      bias-corrected; its moments restart with each restart.
+      bias-corrected; its moments restart with each restart. Its per-coordinate scaling and the
+      Euclidean projection do not commute, so with an active L2 ball it settles near, not at,
+      the constrained optimum; it is meant for the box (e.g. feature visualisation).
 
     Constraint: ``eps = inf`` (the default) is the [0, 1] box alone; a finite ``eps`` intersects it
     with the ``norm`` ball (``"linf"`` or ``"l2"``) of radius ``eps`` around the centre:
