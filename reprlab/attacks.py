@@ -4,7 +4,9 @@ Implements the attack of Madry et al., "Towards Deep Learning Models Resistant t
 Attacks", ICLR 2018: from a (random) start inside the ε-ball around a clean input, take ``steps``
 gradient steps on a per-example objective, projecting back onto the ball and the image box [0, 1]
 after each one. Inputs are images in pixel space (float, [0, 1]); the model normalises them itself,
-so ε is in pixel units.
+so ε is in pixel units. :class:`PGD` is a preset of the one input-space optimiser,
+:class:`reprlab.optimize.InputOptimizer` (``PGD.optimizer``), plus the cross-entropy objective and
+the model's mode.
 """
 
 from __future__ import annotations
