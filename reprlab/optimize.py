@@ -257,7 +257,7 @@ class InputOptimizer:
                     delta = sample_start(clean, self.norm, self.eps, generator)
                     x = (clean + delta).clamp(0.0, 1.0)
                 else:
-                    seed = clean if start is None else start.detach().to(dtype)
+                    seed = clean if start is None else start.detach().to(clean.device, dtype)
                     x = constraint.project(seed)
                 rule.reset()
                 for _ in range(self.steps):
