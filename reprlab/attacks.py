@@ -4,14 +4,15 @@ Implements the attack of Madry et al., "Towards Deep Learning Models Resistant t
 Attacks", ICLR 2018: from a (random) start inside the ε-ball around a clean input, take ``steps``
 gradient steps on a per-example objective, projecting back onto the ball and the image box [0, 1]
 after each one. Inputs are images in pixel space (float, [0, 1]); the model normalises them itself,
-so ε is in pixel units.
+so ε is in pixel units. :class:`PGD` is a preset of the one input-space optimiser,
+:class:`reprlab.optimize.InputOptimizer` (``PGD.optimizer``), plus the cross-entropy objective and
+the model's mode.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -20,16 +21,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reprlab.errors import ReprlabError
+from reprlab.optimize import InputOptimizer, sample_start
+from reprlab.runtime import MODES as MODEL_MODES
+from reprlab.runtime import module_mode
+
+__all__ = ["NORMS", "PGD", "AttackConfigError", "Objective", "robust_accuracy", "sample_start"]
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 """Maps perturbed inputs ``x_adv`` [n, ...] to a per-example objective [n], differentiable in
 ``x_adv``. An untargeted attack maximises it; a targeted attack minimises it."""
 
 NORMS = ("linf", "l2")
-MODEL_MODES = ("eval", "train", "keep")
-
-# A step or projection divides by a per-example norm; zero norms (zero gradient, zero δ) must not.
-_TINY = 1e-12
 
 
 class AttackConfigError(ReprlabError, ValueError):
@@ -146,6 +148,27 @@ class PGD:
                 f"unknown attack model_mode '{self.model_mode}'; use one of {MODEL_MODES}"
             )
 
+    @property
+    def optimizer(self) -> InputOptimizer:
+        """This attack as a preset of :class:`~reprlab.optimize.InputOptimizer` (objective apart).
+
+        ``sign`` steps in the L∞ ball or ``l2`` steps in the L2 ball, maximising (untargeted) or
+        minimising (targeted) the objective; the last iterate is evaluated only when iterates are
+        compared (``keep_best`` or ``restarts > 1``).
+        """
+        return InputOptimizer(
+            steps=self.steps,
+            step_size=self.step_size,
+            step="sign" if self.norm == "linf" else "l2",
+            norm=self.norm,
+            eps=self.eps,
+            maximize=not self.targeted,
+            random_start=self.random_start,
+            restarts=self.restarts,
+            keep_best=self.keep_best,
+            final_value=self.keep_best or self.restarts > 1,
+        )
+
     def __call__(
         self,
         model: nn.Module,
@@ -166,90 +189,10 @@ class PGD:
             raise ValueError("PGD with the default cross-entropy objective needs labels y")
         if self.eps == 0 or self.steps == 0:
             return x.detach().clone()
-
-        clean = x.detach().to(torch.promote_types(x.dtype, torch.float32))
         if objective is None:
-            score = _cross_entropy_score(model, y.to(clean.device), self.targeted)
-        else:
-            score = _objective_score(objective, self.targeted)
-        compare_iterates = self.keep_best or self.restarts > 1
-        best = _BestIterate(clean) if compare_iterates else None
-
-        step = self._stepper(clean)
-        with _model_mode(model, self.model_mode), torch.enable_grad():
-            for _ in range(self.restarts):
-                x_adv = clean
-                if self.random_start:
-                    delta = sample_start(clean, self.norm, self.eps, generator)
-                    x_adv = (clean + delta).clamp(0.0, 1.0)
-                for _ in range(self.steps):
-                    x_adv = x_adv.detach().requires_grad_(True)
-                    values, success = score(x_adv)
-                    (gradient,) = torch.autograd.grad(values.sum(), x_adv, allow_unused=True)
-                    if gradient is None:  # the objective ignores the input: nothing to follow
-                        gradient = torch.zeros_like(x_adv)
-                    if self.keep_best:
-                        best.offer(x_adv.detach(), values.detach(), success)
-                    x_adv = step(x_adv.detach(), gradient)
-                if compare_iterates:
-                    with torch.no_grad():
-                        values, success = score(x_adv)
-                    best.offer(x_adv, values, success)
-
-        result = best.x if compare_iterates else x_adv
-        return result.detach().to(x.dtype)
-
-    def _stepper(self, clean: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``step(x_adv, gradient)``: one ascent step, projected onto the ball and [0, 1]."""
-        if self.norm == "linf":
-            # Clamping to [max(x - ε, 0), min(x + ε, 1)] projects onto cube ∩ box in one pass.
-            lower, upper = (clean - self.eps).clamp(min=0.0), (clean + self.eps).clamp(max=1.0)
-
-            def linf_step(x_adv: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-                moved = torch.add(x_adv, gradient.sign(), alpha=self.step_size)
-                return moved.clamp_(lower, upper)
-
-            return linf_step
-
-        def l2_step(x_adv: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-            gradient_norm = _per_example_norm(gradient)
-            scale = self.step_size / torch.where(gradient_norm > 0, gradient_norm, 1.0)
-            delta = _project_l2(torch.addcmul(x_adv - clean, gradient, scale), self.eps)
-            return (clean + delta).clamp_(0.0, 1.0)
-
-        return l2_step
-
-
-def sample_start(
-    x: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """A random start ``δ₀`` of ``x``'s shape, uniform in the ε-ball of ``norm``, one per example.
-
-    Sampling recipe (a reference implementation can replay it draw for draw):
-
-    - ``linf``: ``u = torch.rand(x.shape)``; ``δ₀ = ε · (2u - 1)``: uniform in the cube [-ε, ε]^d.
-    - ``l2``: ``g = torch.randn(x.shape)``, then ``u = torch.rand(n)``;
-      ``δ₀ = ε · u^(1/d) · g / ‖g‖₂`` per example, with d the number of elements per example:
-      uniform in the ball (the radius has density ∝ r^(d-1)), not on its sphere.
-
-    Draws come from ``generator`` (on its own device, then moved to ``x``'s device) or from the
-    global torch RNG on ``x``'s device. ``δ₀`` is float32 (or ``x``'s dtype if wider) and not yet
-    clamped so that ``x + δ₀`` stays in [0, 1].
-    """
-    if norm not in NORMS:
-        raise AttackConfigError(f"unknown attack norm '{norm}'; use one of {NORMS}")
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    device = generator.device if generator is not None else x.device
-    options = {"dtype": dtype, "device": device, "generator": generator}
-    if norm == "linf":
-        delta = eps * (2 * torch.rand(x.shape, **options) - 1)
-    else:
-        gaussian = torch.randn(x.shape, **options)
-        direction = gaussian / _per_example_norm(gaussian).clamp_min(_TINY)
-        per_example = x[0].numel() if x.shape[0] else 1
-        radius = eps * torch.rand(x.shape[0], **options).pow(1.0 / per_example)
-        delta = direction * radius.view(-1, *[1] * (x.dim() - 1))
-    return delta.to(x.device)
+            objective = _cross_entropy(model, y.to(x.device), self.targeted)
+        with module_mode(model, mode=self.model_mode):
+            return self.optimizer(objective, x, generator=generator).x
 
 
 def robust_accuracy(
@@ -280,7 +223,7 @@ def robust_accuracy(
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         inputs = x if attack is None else attack(model, x, y, generator=generator)
-        with _model_mode(model, "eval"), torch.no_grad():
+        with module_mode(model, mode="eval"), torch.no_grad():
             predictions = model(inputs).argmax(dim=1)
         correct = correct + (predictions == y).sum()
         total += y.numel()
@@ -289,86 +232,24 @@ def robust_accuracy(
     return float(correct) / total
 
 
-def _cross_entropy_score(
+def _cross_entropy(
     model: nn.Module, y: torch.Tensor, targeted: bool
 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """Score = ±cross-entropy of ``model(x_adv)`` to ``y`` [n] float32, plus success [n] bool."""
+    """Cross-entropy of ``model(x_adv)`` to ``y`` [n] float32, plus success [n] bool.
 
-    def score(x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    Success is misclassification (untargeted) or classification as the target (targeted).
+    """
+
+    def objective(x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x_adv)
         loss = F.cross_entropy(logits.float(), y, reduction="none")
         predictions = logits.detach().argmax(dim=1)
-        if targeted:
-            return -loss, predictions == y
-        return loss, predictions != y
+        return loss, (predictions == y) if targeted else (predictions != y)
 
-    return score
-
-
-def _objective_score(
-    objective: Objective, targeted: bool
-) -> Callable[[torch.Tensor], tuple[torch.Tensor, None]]:
-    """Score = ±``objective(x_adv)`` [n] float32; a custom objective has no notion of success."""
-
-    def score(x_adv: torch.Tensor) -> tuple[torch.Tensor, None]:
-        values = objective(x_adv)
-        if values.shape != x_adv.shape[:1]:
-            raise ValueError(
-                f"a PGD objective must return one value per example, shape {tuple(x_adv.shape[:1])}"
-                f", got {tuple(values.shape)}"
-            )
-        if torch.is_grad_enabled() and x_adv.requires_grad and not values.requires_grad:
-            raise ValueError("the PGD objective's output is not differentiable in its input")
-        values = values.float()
-        return (-values if targeted else values), None
-
-    return score
-
-
-class _BestIterate:
-    """Per example, the highest-ranked candidate offered so far (see PGD, "Which iterate")."""
-
-    def __init__(self, clean: torch.Tensor) -> None:
-        n = clean.shape[0]
-        self.x = clean.clone()
-        self.score = torch.full((n,), -torch.inf, device=clean.device)
-        self.success = torch.zeros(n, dtype=torch.bool, device=clean.device)
-
-    def offer(self, x: torch.Tensor, score: torch.Tensor, success: torch.Tensor | None) -> None:
-        better = score > self.score
-        if success is not None:
-            better = (success & ~self.success) | ((success == self.success) & better)
-            self.success = torch.where(better, success, self.success)
-        self.score = torch.where(better, score, self.score)
-        self.x = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x, self.x)
-
-
-def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm of each example of ``t`` [n, ...], shaped [n, 1, ...] to broadcast."""
-    return torch.linalg.vector_norm(t.flatten(1), dim=1).view(-1, *[1] * (t.dim() - 1))
-
-
-def _project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project each example of ``delta`` onto the L2 ball of radius ``eps``."""
-    return delta * (eps / _per_example_norm(delta).clamp_min(_TINY)).clamp(max=1.0)
+    return objective
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
     """Device of the model's first parameter or buffer; None for a model with neither."""
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
     return None if first is None else first.device
-
-
-@contextmanager
-def _model_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Put ``model`` in ``mode`` ("eval", "train" or "keep"); restore every submodule's mode."""
-    saved = [(module, module.training) for module in model.modules()]
-    if mode == "eval":
-        model.eval()
-    elif mode == "train":
-        model.train()
-    try:
-        yield
-    finally:
-        for module, training in saved:
-            module.training = training

@@ -1,11 +1,14 @@
-"""Device choice and seeding: the two pieces of process state every run sets up."""
+"""Device choice, seeding and module modes: the process and module state every run sets up."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
+from torch import nn
 
 from reprlab.errors import ReprlabError
 
@@ -36,3 +39,29 @@ def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gen
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+MODES = ("eval", "train", "keep")
+
+
+@contextmanager
+def module_mode(*modules: nn.Module, mode: str = "eval") -> Iterator[None]:
+    """Put ``modules`` in ``mode`` for the block; restore every submodule's own flag on exit.
+
+    ``mode`` is ``"eval"`` (``module.eval()``: BatchNorm uses its running statistics and does not
+    update them, dropout is off), ``"train"`` (``module.train()``) or ``"keep"`` (leave the modes
+    as they are). On exit, normal or by an exception, each submodule of each module gets back the
+    ``training`` flag it had on entry, so a caller's mixed state (e.g. a frozen BatchNorm inside a
+    training model) survives. A submodule shared by several modules is saved once.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown module mode '{mode}'; use one of {MODES}")
+    saved = {id(sub): (sub, sub.training) for module in modules for sub in module.modules()}
+    if mode != "keep":
+        for module in modules:
+            module.train(mode == "train")
+    try:
+        yield
+    finally:
+        for sub, training in saved.values():
+            sub.training = training

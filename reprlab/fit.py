@@ -1,0 +1,341 @@
+"""The one fit loop: train given modules' parameters, batch by batch, against frozen modules.
+
+Every study that trains something runs this loop with its own step function: classifiers
+(standard or PGD adversarial training, :func:`reprlab.train.train_classifier`), stitching layers
+between two frozen networks, MI critics and downstream linear/MLP heads on frozen encoders.
+
+Pure computation: modules, a loader and plain settings in; the per-epoch history out. It never
+touches files: each finished epoch is handed to a callback with a resumable state. Every source
+of randomness after initialisation is drawn from the loader (seeded per epoch) or from the
+per-epoch generator given to the step function, so a run resumed from an epoch's state ends with
+the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from reprlab.errors import ReprlabError
+from reprlab.runtime import module_mode
+
+log = logging.getLogger("reprlab")
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("step", "cosine", "constant")
+FROZEN_BN_MODES = ("eval", "train")
+
+StepOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, torch.Tensor | float]]
+StepFn = Callable[[Any, torch.Generator], StepOutput]
+"""``step(batch, generator) -> loss`` or ``(loss, stats)``: the mean loss of one batch (a scalar
+tensor to minimise) and optional per-batch *sums* over its examples (e.g. the number classified
+correctly). ``generator`` is the epoch's (see :func:`epoch_generator`)."""
+
+
+class FitConfigError(ReprlabError, ValueError):
+    """A fit setting out of its range (unknown optimiser or schedule, negative epochs, ...)."""
+
+
+class EpochBatches(Protocol):
+    """What the loop needs of a loader: batches per epoch, deterministic in the epoch number."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int) -> Iterator[Any]: ...
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Optimisation settings of one fit.
+
+    ``optimizer``: ``"sgd"`` (``momentum``, optional ``nesterov``) or ``"adam"`` (β₁ =
+    ``momentum``, β₂ = 0.999); both with L2 ``weight_decay``. ``schedule``, applied per iteration:
+    ``"step"`` multiplies the learning rate by ``gamma`` at each of the ``milestones`` (fractions
+    of training), ``"cosine"`` anneals it to zero, ``"constant"`` keeps it. ``seed`` seeds the
+    per-epoch generators. ``mixed_precision``: bf16 autocast of the step on CUDA (a no-op
+    elsewhere, so CPU runs stay exact fp32).
+    """
+
+    epochs: int
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    seed: int = 0
+    mixed_precision: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise FitConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if self.optimizer not in OPTIMIZERS:
+            raise FitConfigError(f"unknown optimizer '{self.optimizer}'; use one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise FitConfigError(f"unknown schedule '{self.schedule}'; use one of {SCHEDULES}")
+        if not self.lr > 0:
+            raise FitConfigError(f"lr must be > 0, got {self.lr}")
+
+
+def lr_factor(settings: FitSettings, progress: float) -> float:
+    """Multiplier of the base learning rate at ``progress`` ∈ [0, 1) of training."""
+    if settings.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if settings.schedule == "step":
+        return settings.gamma ** sum(progress >= m for m in settings.milestones)
+    if settings.schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {settings.schedule!r}")
+
+
+def make_optimizer(
+    parameters: Iterable[nn.Parameter], settings: FitSettings
+) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or Adam (beta1 = momentum) with L2 weight decay."""
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            nesterov=settings.nesterov,
+            weight_decay=settings.weight_decay,
+        )
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(
+            parameters,
+            lr=settings.lr,
+            betas=(settings.momentum, 0.999),
+            weight_decay=settings.weight_decay,
+        )
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}")
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The generator of ``epoch``'s random draws in a step (distinct per seed and epoch)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 1_000_003 + epoch)
+    return generator
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere (fp32 on CPU stays exact)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fit(
+    trainable: Mapping[str, nn.Module],
+    step: StepFn,
+    batches: EpochBatches,
+    settings: FitSettings,
+    *,
+    device: torch.device,
+    frozen: Mapping[str, nn.Module] | None = None,
+    frozen_bn: str = "eval",
+    evaluate: Callable[[int], Mapping[str, float]] | None = None,
+    resume: Mapping[str, Any] | None = None,
+    on_epoch_end: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train the parameters of ``trainable`` for ``settings.epochs`` epochs; return the history.
+
+    Parameters
+    ----------
+    trainable:
+        Named modules (already on ``device``) whose parameters the optimiser updates; they are in
+        train mode during each epoch.
+    step:
+        ``step(batch, generator) -> loss | (loss, stats)`` for each batch of
+        ``batches.epoch(epoch)`` (see :data:`StepFn`); runs under bf16 autocast on CUDA when
+        ``settings.mixed_precision``. The loop then backpropagates, steps the optimiser and the
+        schedule.
+    frozen:
+        Named modules the step uses but must not train: their parameters get
+        ``requires_grad=False`` for the duration of the fit (restored afterwards), so no
+        ``.grad`` accumulates on them. They are in eval mode, except their BatchNorm layers when
+        ``frozen_bn="train"``, which then normalise with batch statistics and re-estimate their
+        running statistics (the only state of a frozen module that changes).
+    evaluate:
+        ``evaluate(epoch) -> metrics`` after each epoch, merged into its record; run with all
+        modules in eval mode and under the same autocast; the modes are restored after.
+    resume:
+        A state previously passed to ``on_epoch_end``; training continues after its epoch.
+    on_epoch_end:
+        ``on_epoch_end(state, record)`` after each epoch. ``state`` is resumable and holds only
+        tensors and plain values: ``epoch``; ``modules`` (name -> state dict, for the trainable
+        modules and, with ``frozen_bn="train"``, the frozen ones); ``optimizer``; ``scheduler``;
+        ``history``.
+
+    Returns
+    -------
+    One record per epoch: ``epoch``, ``lr`` (at its start), ``train_loss`` (mean over its
+    examples), ``train_<name>`` for each step stat (its sum over the epoch divided by the number
+    of examples), ``seconds``, ``images_per_second``, then what ``evaluate`` returned. The number
+    of examples of a batch is the length of its first tensor. The caller's train/eval modes of all
+    modules are restored on return.
+    """
+    frozen = dict(frozen or {})
+    if frozen_bn not in FROZEN_BN_MODES:
+        raise FitConfigError(f"unknown frozen_bn '{frozen_bn}'; use one of {FROZEN_BN_MODES}")
+    if not trainable:
+        raise FitConfigError("nothing to train: pass at least one trainable module")
+    overlap = set(trainable) & set(frozen)
+    if overlap:
+        raise FitConfigError(f"modules {sorted(overlap)} are both trainable and frozen")
+    parameters = _unique_parameters(trainable.values())
+    frozen_parameters = _unique_parameters(frozen.values())
+    if {id(p) for p in parameters} & {id(p) for p in frozen_parameters}:
+        raise FitConfigError("a trainable module shares parameters with a frozen one")
+    # What the state must hold: the trainable modules, and frozen ones whose BN statistics move.
+    saved_modules = {**trainable, **(frozen if frozen_bn == "train" else {})}
+
+    optimizer = make_optimizer(parameters, settings)
+    steps_per_epoch = len(batches)
+    total_steps = settings.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda iteration: lr_factor(settings, iteration / max(total_steps, 1))
+    )
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    if resume is not None:
+        missing = sorted(set(saved_modules) - set(resume["modules"]))
+        if missing:
+            raise FitConfigError(
+                f"the resume state has no weights for {missing}; resume with the modules and "
+                "frozen_bn of the run that saved it"
+            )
+        for name, module in saved_modules.items():
+            module.load_state_dict(resume["modules"][name])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history = list(resume["history"])
+        start_epoch = int(resume["epoch"]) + 1
+
+    all_modules = [*trainable.values(), *frozen.values()]
+    with (
+        module_mode(*all_modules, mode="keep"),
+        _frozen_parameters(frozen_parameters),
+    ):
+        for epoch in range(start_epoch, settings.epochs + 1):
+            _set_modes(trainable.values(), frozen.values(), frozen_bn)
+            generator = epoch_generator(settings.seed, epoch, device)
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            stat_sums: dict[str, torch.Tensor | float] = {}
+            seen = 0
+            lr = optimizer.param_groups[0]["lr"]
+            bar = tqdm(
+                batches.epoch(epoch),
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{settings.epochs}",
+                disable=not progress,
+                leave=False,
+            )
+            for batch in bar:
+                with autocast(device, settings.mixed_precision):
+                    output = step(batch, generator)
+                loss, stats = output if isinstance(output, tuple) else (output, {})
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                n = _batch_size(batch)
+                loss_sum += loss.detach() * n
+                for name, value in stats.items():
+                    value = value.detach() if isinstance(value, torch.Tensor) else value
+                    stat_sums[name] = stat_sums[name] + value if name in stat_sums else value
+                seen += n
+            seconds = time.perf_counter() - started
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": loss_sum.item() / max(seen, 1),
+            }
+            for name, total in stat_sums.items():
+                total = total.item() if isinstance(total, torch.Tensor) else total
+                record[f"train_{name}"] = total / max(seen, 1)
+            record["seconds"] = seconds
+            record["images_per_second"] = seen / seconds if seconds > 0 else float("nan")
+            if evaluate is not None:
+                with (
+                    module_mode(*all_modules, mode="eval"),
+                    autocast(device, settings.mixed_precision),
+                ):
+                    record.update(evaluate(epoch))
+            history.append(record)
+            log.info(
+                "epoch %d/%d: %s",
+                epoch,
+                settings.epochs,
+                ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"),
+            )
+            if on_epoch_end is not None:
+                state = {
+                    "epoch": epoch,
+                    "modules": {name: m.state_dict() for name, m in saved_modules.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                }
+                on_epoch_end(state, record)
+    return history
+
+
+def _set_modes(trainable: Iterable[nn.Module], frozen: Iterable[nn.Module], frozen_bn: str) -> None:
+    """Trainable modules in train mode; frozen ones in eval mode, BatchNorm as ``frozen_bn``."""
+    for module in trainable:
+        module.train()
+    for module in frozen:
+        module.eval()
+        if frozen_bn == "train":
+            for sub in module.modules():
+                if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                    sub.train()
+
+
+@contextlib.contextmanager
+def _frozen_parameters(parameters: list[nn.Parameter]) -> Iterator[None]:
+    """``requires_grad=False`` on ``parameters`` for the block; each flag restored after."""
+    flags = [p.requires_grad for p in parameters]
+    for p in parameters:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(parameters, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    """The parameters of ``modules`` in order, each shared one once."""
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        for p in module.parameters():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def _batch_size(batch: Any) -> int:
+    """Number of examples in ``batch``: a tensor's, or a sequence's or mapping's first tensor's."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0].shape[0]
+    raise TypeError(
+        "fit needs batches that are a tensor or start with one (to count examples), got "
+        f"{type(batch).__name__}"
+    )
