@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reprlab.errors import ReprlabError
-from reprlab.optimize import InputOptimizer, sample_start
+from reprlab.optimize import NORMS, InputOptimizer, sample_start
 from reprlab.runtime import MODES as MODEL_MODES
 from reprlab.runtime import module_mode
 
@@ -30,8 +30,6 @@ __all__ = ["NORMS", "PGD", "AttackConfigError", "Objective", "robust_accuracy", 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 """Maps perturbed inputs ``x_adv`` [n, ...] to a per-example objective [n], differentiable in
 ``x_adv``. An untargeted attack maximises it; a targeted attack minimises it."""
-
-NORMS = ("linf", "l2")
 
 
 class AttackConfigError(ReprlabError, ValueError):

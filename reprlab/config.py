@@ -15,14 +15,13 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from reprlab.attacks import MODEL_MODES, NORMS
 from reprlab.errors import ReprlabError
+from reprlab.fit import OPTIMIZERS, SCHEDULES
+from reprlab.optimize import NORMS
+from reprlab.runtime import MODES as MODEL_MODES
 
 GROUPS = ("dataset", "model", "attack", "analysis", "ref", "experiment")
 """Config groups a user picks options from; ``ref`` offers the same options as ``model``."""
-
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("step", "cosine", "constant")
 
 
 def config_dir() -> Path:

@@ -9,7 +9,6 @@ the dataset's activations are never held, so memory is bounded by one batch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence, Sized
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from reprlab.errors import ReprlabError
 from reprlab.models.base import Classifier, select_taps
+from reprlab.runtime import module_mode
 from reprlab.similarity import MinibatchCKA, gram_stack
 
 
@@ -42,19 +42,6 @@ class LayerCKA:
     n_examples: int
     n_batches: int
     estimator: str
-
-
-@contextmanager
-def _eval_mode(*models: torch.nn.Module) -> Iterator[None]:
-    """Put ``models`` in eval mode; restore every submodule's own train/eval flag on exit."""
-    flags = {id(module): (module, module.training) for m in models for module in m.modules()}
-    for model in models:
-        model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags.values():
-            module.training = training
 
 
 def _reduce(activation: torch.Tensor, pool: bool) -> torch.Tensor:
@@ -199,7 +186,7 @@ def joint_layer_cka(
     ]
     total = len(batches) if isinstance(batches, Sized) else None
     bar = tqdm(batches, total=total, disable=not progress, desc="layer CKA", unit="batch")
-    with _eval_mode(*(m.model for m in members)):
+    with module_mode(*(m.model for m in members), mode="eval"):
         for batch in bar:
             inputs = _per_member(batch, len(members))
             grams = {
