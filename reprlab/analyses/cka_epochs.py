@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from reprlab import plots
 from reprlab.analyses import cka_common as common
 from reprlab.analyses.cka_common import CKASettings
+from reprlab.config import recipe
 from reprlab.context import RunContext
 from reprlab.errors import ReprlabError
 from reprlab.layerwise import Member
@@ -33,7 +34,8 @@ def settings(cfg: DictConfig) -> Settings:
     s: Settings = common.settings(cfg, Settings)
     if s.epochs is None:
         return s
-    kept = set(cfg.model.snapshot_epochs) | {cfg.model.train.epochs}
+    spec = recipe(cfg.model)
+    kept = set(spec.snapshot_epochs) | {spec.train.epochs}
     unknown = sorted(e for e in s.epochs if e not in kept)
     if unknown:
         raise ReprlabError(

@@ -95,6 +95,16 @@ _REGISTRY: dict[str, DatasetInfo] = {
 
 _IMAGENETS = ("imagenet", "restricted_imagenet")
 
+# Size of each training split (published counts; synthetic: SYNTHETIC_SIZES). Unknown: None.
+_TRAIN_SIZES: dict[str, int] = {
+    "mnist": 60_000,
+    "fashion_mnist": 60_000,
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "svhn": 73_257,
+    "imagenet": 1_281_167,
+}
+
 
 def available_datasets() -> list[str]:
     """Registry names of all datasets, the default (mnist) first."""
@@ -109,6 +119,15 @@ def dataset_info(name: str) -> DatasetInfo:
         raise ReprlabError(
             f"unknown dataset '{name}'; choose one of: {', '.join(available_datasets())}"
         ) from None
+
+
+def train_size(name: str) -> int | None:
+    """Number of images in the training split of ``name`` (None where it is not fixed, e.g.
+    restricted_imagenet, whose size depends on the folders present)."""
+    dataset_info(name)
+    if name == "synthetic":
+        return SYNTHETIC_SIZES["train"]
+    return _TRAIN_SIZES.get(name)
 
 
 def _check_split(split: str) -> None:
