@@ -91,8 +91,9 @@ def floats_text(value: float) -> str:
     return "nan" if math.isnan(value) else repr(value)
 
 
-# Plausible values (small counts, fractions), so that many combinations pass and get exercised.
-PLAUSIBLE = ["3", "4", "10", "64", "0.01", "0.1", "0.3", "0.9", "[1]", "[0.5]", "[1,2]"]
+# Plausible values (small counts, fractions, names), so that some combinations pass.
+PLAUSIBLE = ["1", "3", "4", "10", "64", "0.01", "0.1", "0.3", "0.9", "[1]", "[0.5]", "[1,2]",
+             "true", "false", "null", "cpu", "l2", "linf", "cnn_small", "keep", "all"]  # fmt: skip
 
 values = st.one_of(
     st.sampled_from(VALUES),
@@ -115,12 +116,14 @@ def cases(draw) -> list[str]:
         overrides.append(f"ref={draw(st.sampled_from(MODELS))}")
     own = FIELDS["top"] + FIELDS["dataset"] + FIELDS["model"] + FIELDS["attack"]
     own += FIELDS[f"analysis:{analysis}"] + (FIELDS["ref"] if with_ref else [])
+    # One case in three draws plausible values only, so that many pass and get exercised.
+    drawn = st.sampled_from(PLAUSIBLE) if draw(st.integers(0, 2)) == 0 else values
     for _ in range(draw(st.integers(1, 3))):
         key = draw(st.sampled_from(own) | st.sampled_from(ALL_KEYS))
         if draw(st.integers(0, 9)) == 0:
             overrides.append(f"~{key}")
         else:
-            overrides.append(f"{key}={draw(values)}")
+            overrides.append(f"{key}={draw(drawn)}")
     return overrides
 
 

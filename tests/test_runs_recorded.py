@@ -18,6 +18,7 @@ from helpers import FAST, reprlab_env, run_reprlab
 
 from reprlab.cli import compose_config, main
 from reprlab.config import dataset_spec, recipe
+from reprlab.data.mnist_offline import RAW_FILES
 from reprlab.recipes import model_identity
 from reprlab.store import store_key
 
@@ -154,28 +155,32 @@ def test_report_on_a_file_asks_for_a_directory(tmp_path: Path, capsys) -> None:
 
 
 def test_a_sweep_survives_a_failed_job(workdir: Path) -> None:
-    # cka_epochs needs a snapshot before the last epoch, which this recipe does not keep: its
-    # job fails at run time (after the checks); the evaluate job after it must still run.
-    recipe_args = [*FAST, "model.train.epochs=2", "model.snapshot_epochs=[2]"]
+    # MNIST files that exist but hold garbage pass the checks; job 0 fails when it reads them,
+    # and job 1 (synthetic data) must still run, and both be in the summary.
+    root = workdir / "data"
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    for name in RAW_FILES:
+        (root / "MNIST" / "raw" / name).write_bytes(bytes(range(256)) * 4)
     result = run_reprlab(
         "run",
         "-m",
-        *recipe_args,
+        *[arg for arg in FAST if not arg.startswith("dataset=")],
+        "analysis=evaluate",
         "analysis.examples=60",
         "analysis.batch_size=30",
         "attack.steps=2",
-        "analysis=cka_epochs,evaluate",
+        f"dataset.root={root}",
+        "dataset=mnist,synthetic",
         cwd=workdir,
     )
     assert result.returncode == 1, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("reprlab: error:")]
-    assert len(errors) == 1, result.stderr
-    assert errors[0].startswith("reprlab: error: sweep job 0 [")
-    assert "analysis=cka_epochs" in errors[0] and "has no snapshot" in errors[0]
-    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("reprlab: error: sweep job 0 [dataset=mnist] failed: ")
+    assert "is incomplete or corrupt" in lines[0]
     (sweep,) = (workdir / "outputs" / "runs").glob("*/*/*_sweep")
     summary = pd.read_csv(sweep / "summary.csv")
-    assert list(summary.analysis) == ["cka_epochs", "evaluate"]
+    assert list(summary.dataset) == ["mnist", "synthetic"]
     assert list(summary.status) == ["failed", "completed"]
-    assert "has no snapshot" in summary.error[0]
-    assert summary.clean_acc[1] > 0.1  # the evaluate job ran to the end
+    assert "is incomplete or corrupt" in summary.error[0]
+    assert summary.clean_acc[1] > 0.1  # the synthetic job ran to the end

@@ -90,6 +90,8 @@ BAD_INPUTS = [
     ),
     (["model.train.batch_size=1"], ["model.train.batch_size=1 is invalid", "BatchNorm"]),
     (["device=meta"], ["unknown device 'meta'"]),
+    (["analysis=cka_epochs", "model.train.epochs=1"], ["keeps none before epoch 1"]),
+    (["analysis=cka_epochs", "analysis.epochs=[2]"], ["names only the final epoch"]),
     (["device=cpu:3"], ["unknown device 'cpu:3'"]),
 ]
 
@@ -127,7 +129,7 @@ def test_messages_name_the_real_culprit(tmp_path: Path, monkeypatch, capsys) -> 
         ["analysis=evaluate", "analysis.eps=0.5"],
         ["model.train.batch_size=2000"],
         ["model.train.epochs=1"],
-        ["model=cnn_small_at", "model.train.epochs=1", "analysis=cka_epochs"],
+        ["model=cnn_small_at", "model.train.epochs=3", "analysis=cka_epochs"],
     ],
 )
 def test_boundary_values_are_accepted(overrides: list[str]) -> None:

@@ -32,15 +32,27 @@ class Settings(CKASettings):
 
 def settings(cfg: DictConfig) -> Settings:
     s: Settings = common.settings(cfg, Settings)
+    spec = recipe(cfg.model)
+    final = spec.train.epochs
+    if not any(e != final for e in spec.snapshot_epochs):
+        raise ReprlabError(
+            f"cka_epochs compares kept snapshots with the final epoch, but model.snapshot_epochs="
+            f"{spec.snapshot_epochs} keeps none before epoch {final}; keep one, "
+            f"e.g. model.snapshot_epochs=[1,{final}]"
+        )
     if s.epochs is None:
         return s
-    spec = recipe(cfg.model)
-    kept = set(spec.snapshot_epochs) | {spec.train.epochs}
+    kept = set(spec.snapshot_epochs) | {final}
     unknown = sorted(e for e in s.epochs if e not in kept)
     if unknown:
         raise ReprlabError(
             f"analysis.epochs has {unknown}, which model.snapshot_epochs does not keep "
             f"({sorted(kept)}); choose among those"
+        )
+    if all(e == final for e in s.epochs):
+        raise ReprlabError(
+            f"analysis.epochs={s.epochs} names only the final epoch; add an earlier kept one "
+            f"({sorted(kept - {final})})"
         )
     return s
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import pickle
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -327,10 +328,19 @@ def _read_with_torchvision(name: str, root: Path, split: str) -> tuple[torch.Ten
             return images, torch.from_numpy(svhn.labels.astype(np.int64))
     except ImportError as err:
         raise ReprlabError(f"reading '{name}' needs {err.name}: `pip install {err.name}`") from err
-    except RuntimeError as err:
+    except (
+        RuntimeError,
+        AssertionError,
+        ValueError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+    ) as err:
+        # torchvision's readers assert on bad headers, fail to reshape truncated arrays, ...
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ReprlabError(
-            f"dataset '{name}' under {root} is incomplete or corrupt ({err}); delete its folder "
-            f"and run `reprlab download {name}`"
+            f"dataset '{name}' under {root} is incomplete or corrupt ({reason}); delete its "
+            f"folder and run `reprlab download {name}`"
         ) from err
     raise ValueError(f"no torchvision reader for '{name}'")
 
