@@ -10,6 +10,7 @@ work starts or any directory is written. Heavy imports (torch) happen inside the
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -216,10 +217,6 @@ def _register_config_extras() -> None:
     register_ref_group()
     register_resolvers()
     OmegaConf.register_new_resolver("reprlab_run_id", lambda: RUN_ID, replace=True)
-    # Cached: every job of a sweep sees the value the sweep's own config resolved first.
-    OmegaConf.register_new_resolver(
-        "reprlab_once", lambda value: value, use_cache=True, replace=True
-    )
     _EXTRAS_REGISTERED = True
 
 
@@ -244,6 +241,7 @@ def _hydra_task(cfg: Any) -> Any:
     except Exception as err:
         if not in_sweep or _debug():
             raise  # a bug: Hydra prints its traceback
+        logging.getLogger("reprlab").exception("sweep job %s failed", hydra_cfg.job.num)
         sweeps.record_failure(hydra_cfg, f"{type(err).__name__}: {err}".splitlines()[0])
     return None
 

@@ -53,7 +53,7 @@ def register_ref_group() -> None:
 
 
 def snapshot_epochs_upto(epochs_list: Any, epochs: Any) -> Any:
-    """``${snapshots:[1, 5, 10, ...],${.train.epochs}}``: a recipe's default snapshot epochs.
+    """``${reprlab_snapshots:[1, 5, 10, ...],${.train.epochs}}``: a recipe's default snapshots.
 
     Keeps the listed epochs up to ``epochs`` and adds ``epochs`` itself, so the default follows
     ``model.train.epochs`` (``model.train.epochs=1`` keeps epoch 1). A list given on the command
@@ -70,9 +70,16 @@ def snapshot_epochs_upto(epochs_list: Any, epochs: Any) -> Any:
 
 
 def register_resolvers() -> None:
-    """Register the resolvers reprlab's YAML uses (``snapshots``); safe to call again."""
-    if not OmegaConf.has_resolver("snapshots"):
-        OmegaConf.register_new_resolver("snapshots", snapshot_epochs_upto)
+    """Register the resolvers reprlab's YAML uses; safe to call again.
+
+    ``reprlab_snapshots``: :func:`snapshot_epochs_upto`. ``reprlab_once``: its argument, cached,
+    so every job of a sweep sees the value the sweep's own config resolved first (the sweep
+    directory stays one directory when ``analysis=`` is swept).
+    """
+    if not OmegaConf.has_resolver("reprlab_snapshots"):
+        OmegaConf.register_new_resolver("reprlab_snapshots", snapshot_epochs_upto)
+    if not OmegaConf.has_resolver("reprlab_once"):
+        OmegaConf.register_new_resolver("reprlab_once", lambda value: value, use_cache=True)
 
 
 # --- schemas -------------------------------------------------------------------------------
@@ -191,7 +198,7 @@ def typed(node: Any, schema: type, where: str) -> Any:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
-        reason = " ".join(line.strip() for line in str(err).splitlines()[:1]) or type(err).__name__
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         name = ".".join(part for part in (where, key) if part)
         raise ReprlabError(f"{name}: {reason}" if name else reason) from None
 

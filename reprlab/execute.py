@@ -14,11 +14,12 @@ import signal
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from reprlab.errors import ReprlabError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger("reprlab")
 
