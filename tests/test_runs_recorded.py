@@ -76,6 +76,25 @@ def test_a_signal_ends_the_run_recorded_without_a_traceback(
     assert record["timings"]["total_seconds"] > 0
 
 
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_reads_as_stale(workdir: Path, capsys) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reprlab", "run", *SLOW_TRAINING],
+        cwd=workdir,
+        env=reprlab_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    record_path = wait_for_running(workdir, process)
+    process.kill()
+    process.wait(timeout=60)
+    assert json.loads(record_path.read_text())["status"] == "running"  # nothing could record it
+    code, _, errors = report(workdir / "outputs" / "runs", capsys)
+    assert code == 0, errors
+    table = pd.read_csv(workdir / "outputs" / "runs" / "report.csv")
+    assert list(table.status) == ["stale"]
+
+
 def write_record(directory: Path, record: object) -> Path:
     directory.mkdir(parents=True)
     path = directory / "run.json"
