@@ -34,9 +34,9 @@ from reprlab.cli import compose_config, preflight
 from reprlab.config import attack_spec, dataset_spec, recipe, run_settings
 from reprlab.data import dataset_info, make_loader
 from reprlab.errors import ReprlabError
+from reprlab.fit import make_optimizer
 from reprlab.recipes import build_for, make_attack, train_settings
 from reprlab.runtime import resolve_device, seed_everything
-from reprlab.train import make_optimizer
 
 IN_PROCESS_CASES = int(os.environ.get("REPRLAB_FUZZ_CASES", "100"))
 PROCESS_CASES = int(os.environ.get("REPRLAB_FUZZ_PROCESSES", "3"))
@@ -150,7 +150,7 @@ def exercise(overrides: list[str]) -> None:
             continue
         spec = recipe(cfg[where], where)
         model = build_for(spec, info)
-        make_optimizer(model, train_settings(spec))
+        make_optimizer(model.parameters(), train_settings(spec))
         loader = make_loader(
             dataset.name, dataset.root, "train", batch_size=spec.train.batch_size, train=True,
             seed=spec.seed, device=device, limit=dataset.train_limit,
