@@ -204,14 +204,25 @@ def _per_member(batch: torch.Tensor | Sequence[torch.Tensor], count: int) -> lis
     return inputs
 
 
+def tap_features(
+    model: Classifier, x: torch.Tensor, taps: Sequence[str], *, pool: bool = False
+) -> list[torch.Tensor]:
+    """The features layer CKA compares: one forward pass on ``x`` without autograd, [n, d] per tap.
+
+    Each tap's activation is flattened (or pooled, see ``pool`` of :func:`layer_cka`); the list
+    follows ``taps``. This is all of a batch's work that is not CKA (``scripts/bench_cka.py``
+    times it as the floor).
+    """
+    with torch.no_grad(), TapRecorder(model, taps) as recorder:
+        _, activations = recorder.forward(x)
+    return [_reduce(activations.pop(tap), pool) for tap in taps]
+
+
 def _member_grams(
     member: Member, x: torch.Tensor, accumulator: MinibatchCKA, *, pool: bool
 ) -> torch.Tensor:
     """One forward pass of ``member`` on ``x``; the Grams [len(taps), n, n] of its taps."""
-    with torch.no_grad(), TapRecorder(member.model, member.taps) as recorder:
-        _, activations = recorder.forward(x)
-    features = [_reduce(activations[tap], pool) for tap in member.taps]
-    del activations
+    features = tap_features(member.model, x, member.taps, pool=pool)
     return gram_stack(features, kernel=accumulator.kernel, rbf_threshold=accumulator.rbf_threshold)
 
 

@@ -1,4 +1,4 @@
-"""Benchmark reprlab's layer-by-layer CKA against torch-cka 0.21: speed, agreement and memory.
+"""Benchmark layer CKA against its floor (the forward passes) and torch-cka 0.21.
 
 Both tools see the same two randomly initialised models (resnet18 on 3x32x32 when registered,
 else the cnn_madry MNIST CNN), the same taps, the same images and the same batches, and compute
@@ -7,20 +7,27 @@ flattened activations over minibatches (Nguyen et al. 2021), equal weight per ba
 ``layer_cka(..., kernel="linear", unbiased=True, pool=False)``. It does so in the models' dtype
 without centring, and recomputes the column Gram for every (row, column) pair.
 
-Prints, from one run:
-  * seconds for the forward passes alone, for reprlab and for torch-cka, and the speed ratio
-    (target >= 20x), also with the shared forward passes subtracted;
+The floor is what reprlab must do anyway: the forward passes of both models exactly as layer CKA
+runs them (:func:`reprlab.layerwise.tap_features`), with nothing computed from the activations.
+
+Prints, from one run, for each tap set asked for (``--taps declared layers`` does both):
+  * seconds for the floor, reprlab and torch-cka, measured in rounds that interleave them
+    (``--repeats`` rounds of floor and reprlab, torch-cka in ``--peer-repeats`` of them), each
+    round's figures and the medians;
+  * reprlab / floor (target <= 1.1) and torch-cka / reprlab, both as medians of per-round ratios,
+    and the speed-up on the CKA work alone (floor subtracted);
   * the max absolute difference of the matrices: against torch-cka as users run it (float32),
     and against torch-cka run in float64 on the first batches (like with like; target <= 1e-4);
-  * our peak memory for N and 4N images at one batch size, each measured in a fresh subprocess
-    (CPU: peak RSS delta; CUDA: max_memory_allocated delta), and their ratio (target ~1).
+  * our peak memory for N and 4N images at one batch size (first tap set), each measured in a
+    fresh subprocess (CPU: peak RSS delta; CUDA: max_memory_allocated delta), and their ratio
+    (target ~1).
 
 ``--taps declared`` uses the architecture's taps (resnet18: stem, 8 blocks, pool, logits);
 ``--taps layers`` adds every conv, BatchNorm and linear output, as Cianfarani et al. tap.
 
 Run from the repository root with reprlab importable (``pip install -e .`` or PYTHONPATH=.)::
 
-    python scripts/bench_cka.py                        # CPU defaults, about 3-5 minutes
+    python scripts/bench_cka.py --taps declared layers  # CPU, both tap sets, about 10 minutes
     python scripts/bench_cka.py --taps layers --n 256 --batch-size 64 --skip-memory
     python scripts/bench_cka.py --device cuda --n 10000 --batch-size 1024 --memory-n 2500
 """
@@ -33,6 +40,7 @@ import copy
 import importlib.util
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -42,10 +50,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reprlab.layerwise import layer_cka
+from reprlab.layerwise import layer_cka, tap_features
 from reprlab.models import available_archs, build_model
 from reprlab.models.base import Body, Classifier
-from reprlab.taps import capture
 
 INPUTS = {  # arch -> (channels, image size)
     "resnet18": (3, 32),
@@ -133,7 +140,9 @@ def timed(fn: Callable[[], torch.Tensor | None], device: torch.device) -> tuple[
 def run_ours(model_a, model_b, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
     """reprlab's matrix [p, q] with torch-cka's estimator (linear, unbiased, flattened)."""
     batches = (x.to(device) for x in images.split(batch_size))
-    result = layer_cka(model_a, batches, model_b=model_b, kernel="linear", unbiased=True)
+    result = layer_cka(
+        model_a, batches, model_b=model_b, kernel="linear", unbiased=True, progress=False
+    )
     return result.matrix
 
 
@@ -167,39 +176,61 @@ def run_torch_cka(model_a, model_b, images: torch.Tensor, batch_size: int, devic
 
 
 def forward_only(model_a, model_b, images: torch.Tensor, batch_size: int, device) -> None:
-    """The floor both tools share: forward passes of both models capturing every tap."""
-    with torch.no_grad():
-        for x in images.split(batch_size):
-            capture(model_a, x.to(device))
-            capture(model_b, x.to(device))
+    """The floor: both models' forward passes on every batch, exactly as layer CKA runs them."""
+    for x in images.split(batch_size):
+        for model in (model_a, model_b):
+            tap_features(model, x.to(device), model.tap_names)
 
 
-def compare_speed(args: argparse.Namespace) -> None:
-    """Time both tools on the same models, taps and batches; check they agree."""
+def _median_line(label: str, values: list[float], unit: str = "s") -> str:
+    rounds = "  ".join(f"{value:.2f}" for value in values)
+    return f"{label:<34}{statistics.median(values):9.2f} {unit}  (rounds: {rounds})"
+
+
+def compare_speed(args: argparse.Namespace, taps: str) -> None:
+    """Time floor, reprlab and torch-cka in interleaved rounds on one tap set; check agreement."""
     device = torch.device(args.device)
-    model_a, model_b = build_pair(args.arch, args.taps, device)
+    model_a, model_b = build_pair(args.arch, taps, device)
     images = torch.cat(list(image_batches(args.arch, args.n, args.n, torch.device("cpu"))))
     p, q = len(model_a.tap_names), len(model_b.tap_names)
-    print(f"{args.arch}, {args.taps} taps ({p} x {q}), {args.n} images, batch {args.batch_size}")
+    print(f"\n{args.arch}, {taps} taps ({p} x {q}), {args.n} images, batch {args.batch_size}")
     print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
-    forward_only(model_a, model_b, images[: args.batch_size], args.batch_size, device)  # warm-up
-    floor, _ = timed(
-        lambda: forward_only(model_a, model_b, images, args.batch_size, device), device
-    )
-    ours_s, ours_matrix = timed(
-        lambda: run_ours(model_a, model_b, images, args.batch_size, device), device
-    )
-    print(f"forward passes alone (both models): {floor:9.2f} s")
-    print(f"reprlab layer_cka:                  {ours_s:9.2f} s")
+    runs = {
+        "floor": lambda: forward_only(model_a, model_b, images, args.batch_size, device),
+        "reprlab": lambda: run_ours(model_a, model_b, images, args.batch_size, device),
+        "torch-cka": lambda: run_torch_cka(model_a, model_b, images, args.batch_size, device),
+    }
+    run_ours(model_a, model_b, images[: args.batch_size], args.batch_size, device)  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    ratios: dict[str, list[float]] = {"reprlab / floor": [], "torch-cka / reprlab": []}
+    results: dict[str, object] = {}
+    peer_rounds = 0 if args.skip_peer else args.peer_repeats
+    for index in range(max(args.repeats, peer_rounds)):
+        names = ["floor", "reprlab"] if index < args.repeats else []
+        if index < peer_rounds:
+            names.append("torch-cka")
+        names = names[index % len(names) :] + names[: index % len(names)]  # rotate the order
+        this_round = {}
+        for name in names:
+            this_round[name], results[name] = timed(runs[name], device)
+            seconds[name].append(this_round[name])
+        if "floor" in this_round:
+            ratios["reprlab / floor"].append(this_round["reprlab"] / this_round["floor"])
+        if "torch-cka" in this_round and "reprlab" in this_round:
+            ratios["torch-cka / reprlab"].append(this_round["torch-cka"] / this_round["reprlab"])
+    print(_median_line("forward passes alone (both models):", seconds["floor"]))
+    print(_median_line("reprlab layer_cka:", seconds["reprlab"]))
+    print(_median_line("reprlab / forward passes alone:", ratios["reprlab / floor"], "x"))
+    print("  (target <= 1.1; median of per-round ratios)")
     if args.skip_peer:
         return
-    peer_s, peer_matrix = timed(
-        lambda: run_torch_cka(model_a, model_b, images, args.batch_size, device), device
-    )
-    print(f"torch-cka 0.21 (float32):           {peer_s:9.2f} s")
-    print(f"speed ratio torch-cka / reprlab:    {peer_s / ours_s:9.1f} x  (target >= 20)")
-    beyond_floor = (peer_s - floor) / max(ours_s - floor, 1e-9)
-    print(f"  CKA work only (forward subtracted): {beyond_floor:7.1f} x")
+    print(_median_line("torch-cka 0.21 (float32):", seconds["torch-cka"]))
+    if ratios["torch-cka / reprlab"]:
+        print(_median_line("speed-up torch-cka / reprlab:", ratios["torch-cka / reprlab"], "x"))
+    floor, ours_s = statistics.median(seconds["floor"]), statistics.median(seconds["reprlab"])
+    beyond_floor = (statistics.median(seconds["torch-cka"]) - floor) / max(ours_s - floor, 1e-9)
+    print(f"  CKA work only (medians, floor subtracted): {beyond_floor:7.1f} x")
+    ours_matrix, peer_matrix = results["reprlab"], results["torch-cka"]
     float32_error = (peer_matrix - ours_matrix).abs().max().item()
     print(f"max |torch-cka float32 - reprlab|:  {float32_error:9.2e}  (torch-cka's float32 error)")
 
@@ -251,7 +282,7 @@ def _host_memory_peak() -> int:
 def peak_memory_worker(args: argparse.Namespace) -> None:
     """Run layer_cka on ``args.n`` streamed images; print our peak memory delta as JSON."""
     device = torch.device(args.device)
-    model_a, model_b = build_pair(args.arch, args.taps, device)
+    model_a, model_b = build_pair(args.arch, args.taps[0], device)
     warmup = next(image_batches(args.arch, 4, 4, device))
     layer_cka(model_a, [warmup], model_b=model_b, progress=False)  # allocator and lazy init
     if device.type == "cuda":
@@ -276,7 +307,7 @@ def measure_peak(args: argparse.Namespace, n: int) -> int:
         __file__,
         "--memory-worker",
         f"--arch={args.arch}",
-        f"--taps={args.taps}",
+        f"--taps={args.taps[0]}",
         f"--n={n}",
         f"--batch-size={args.batch_size}",
         f"--device={args.device}",
@@ -292,7 +323,7 @@ def compare_memory(args: argparse.Namespace) -> None:
     small, large = args.memory_n, 4 * args.memory_n
     peaks = {n: measure_peak(args, n) for n in (small, large)}
     kind = "max_memory_allocated" if args.device.startswith("cuda") else "peak RSS (VmHWM)"
-    print(f"reprlab peak memory ({kind} delta), batch {args.batch_size}:")
+    print(f"reprlab peak memory ({kind} delta), {args.taps[0]} taps, batch {args.batch_size}:")
     for n in (small, large):
         print(f"  {n:6d} images: {peaks[n] / 2**20:9.1f} MiB")
     print(f"  ratio 4N / N:  {peaks[large] / max(peaks[small], 1):9.2f}  (target ~1)")
@@ -305,14 +336,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--taps",
         choices=["declared", "layers"],
-        default="declared",
-        help="the architecture's taps, or every conv/BN/linear output as well (Cianfarani)",
+        nargs="+",
+        default=["declared"],
+        help="the architecture's taps, or every conv/BN/linear output as well (Cianfarani); "
+        "give both to measure both in one run",
     )
     parser.add_argument("--n", type=int, default=384, help="images for the speed comparison")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--check-batches", type=int, default=2, help="batches for the fp64 check")
     parser.add_argument("--memory-n", type=int, default=128, help="N of the N/4N memory test")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of floor and reprlab")
+    parser.add_argument("--peer-repeats", type=int, default=1, help="rounds with torch-cka")
     parser.add_argument("--skip-peer", action="store_true", help="no torch-cka comparison")
     parser.add_argument("--skip-memory", action="store_true", help="no memory measurement")
     parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
@@ -327,7 +362,8 @@ def main() -> None:
         return
     if not args.skip_peer and importlib.util.find_spec("torch_cka") is None:
         sys.exit("torch-cka is not installed; install it with: pip install torch-cka==0.21")
-    compare_speed(args)
+    for taps in args.taps:
+        compare_speed(args, taps)
     if not args.skip_memory:
         compare_memory(args)
 
