@@ -60,13 +60,13 @@ from reprlab.errors import ReprlabError
 
 KERNELS = ("linear", "rbf")
 
-# A Gram is built over column slices of the features of at most this many elements: on the CPU a
-# float32 slice (2 MiB) stays in cache while it is shifted, centred and multiplied, and no full
-# centred copy of a wide conv map is ever held. On CUDA, slices are larger (fewer launches). No
-# slice is wider than _MAX_CHUNK_COLUMNS, which bounds the length of every float32 dot product.
-_CHUNK_ELEMENTS = 1 << 19
-_CUDA_CHUNK_ELEMENTS = 1 << 22
-_MAX_CHUNK_COLUMNS = 4096
+# A Gram is built over column slices of the features of at most _CHUNK_ELEMENTS elements (16 MiB
+# of float32), each centred into one reused buffer and multiplied, so no full centred copy of a
+# wide conv map is held. Slices are large because on a shared CPU every parallel op also pays for
+# thread synchronisation. On CUDA, no slice is wider than _CUDA_MAX_CHUNK_COLUMNS, which bounds
+# the length of the float32 dot products cuBLAS accumulates in sequence.
+_CHUNK_ELEMENTS = 1 << 22
+_CUDA_MAX_CHUNK_COLUMNS = 4096
 
 # Features of these dtypes with at least _FLOAT32_MIN_WIDTH columns (the wide maps whose products
 # dominate the cost) have their Grams taken in float32; anything else in float64, where it is cheap.
@@ -117,37 +117,75 @@ def _centre_into(source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
     Shifted by the first row first: a constant column becomes exactly zero, and a large common
     offset is removed exactly (Sterbenz) before the mean, whose rounding then scales with the
-    spread of the values instead of with the offset.
+    spread of the values instead of with the offset. Returns ``out``.
     """
     if source.dtype == out.dtype:
         torch.sub(source, source[:1], out=out)
     else:
         out.copy_(source)
         out -= out[:1].clone()
-    out -= out.mean(dim=0)
-    return out
+    return out.sub_(out.sum(dim=0), alpha=1 / out.shape[0])
 
 
-def _chunked_gram(flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``X_c X_cᵀ`` [n, n] float64 of ``flat`` [n, d], products in ``dtype``, slices summed."""
+def _product_dtype(flat: torch.Tensor) -> torch.dtype:
+    """float32 for wide float32/float16/bfloat16 features [n, d], float64 for everything else."""
+    wide = flat.shape[1] >= _FLOAT32_MIN_WIDTH
+    return torch.float32 if wide and flat.dtype in _FLOAT32_PRODUCTS else torch.float64
+
+
+def _gram_products(flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``X_c X_cᵀ`` [n, n] float64 of ``flat`` [n, d], products in ``dtype``, slices summed.
+
+    Unchecked: NaN or inf in ``flat`` (or float32 overflow) leaves NaN or inf in the result.
+    float64 products centre exactly as :func:`_centre_into`. float32 products centre each slice
+    in one pass, ``x - fl(sum(x) / n)`` (on a shared CPU each extra pass over the features and
+    each parallel op costs time), then double-centre the Gram in float64 to remove what the
+    rounded mean left. That mean can miss a constant column by an ulp, so a Gram whose entries
+    are all (nearly) equal is checked against the features and zeroed if they are constant.
+    """
     n, width = flat.shape
     device = flat.device
-    gram = torch.zeros(n, n, dtype=torch.float64, device=device)
     if width == 0:
-        return gram
-    limit = _CUDA_CHUNK_ELEMENTS if device.type == "cuda" else _CHUNK_ELEMENTS
-    step = max(1, min(width, _MAX_CHUNK_COLUMNS, limit // max(n, 1)))
+        return torch.zeros(n, n, dtype=torch.float64, device=device)
+    step = max(1, min(width, _CHUNK_ELEMENTS // max(n, 1)))
+    if device.type == "cuda":
+        step = min(step, _CUDA_MAX_CHUNK_COLUMNS)
     buffer = torch.empty(n * step, dtype=dtype, device=device)
-    partial = None if dtype == torch.float64 else torch.empty(n, n, dtype=dtype, device=device)
+    gram: torch.Tensor | None = None
     with _ieee_float32(device):
         for start in range(0, width, step):
             source = flat[:, start : start + step]
-            chunk = _centre_into(source, buffer[: source.numel()].view(source.shape))
-            if partial is None:
-                gram.addmm_(chunk, chunk.T)
+            chunk = buffer[: source.numel()].view(source.shape)
+            if dtype == torch.float64:
+                _centre_into(source, chunk)
             else:
-                torch.mm(chunk, chunk.T, out=partial)
-                gram += partial
+                torch.sub(source, source.sum(dim=0, dtype=dtype), alpha=1 / n, out=chunk)
+            partial = torch.mm(chunk, chunk.T)
+            gram = partial.to(torch.float64) if gram is None else gram.add_(partial)
+    assert gram is not None
+    if dtype != torch.float64:
+        low, high = torch.aminmax(gram)
+        spread, size = (high - low).item(), max(abs(low.item()), abs(high.item()))
+        if spread <= 1e-2 * size and torch.equal(flat, flat[:1].expand_as(flat)):
+            return gram.zero_()  # a constant representation: exactly zero, as its CKA needs
+        # H G H removes what the rounded mean left, (X_c - 1δᵀ)(X_c - 1δᵀ)ᵀ -> X_c X_cᵀ.
+        row_means = gram.mean(dim=1, keepdim=True)
+        gram -= row_means
+        gram -= gram.mean(dim=0, keepdim=True)
+    return gram
+
+
+def _checked_gram(gram: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """``gram`` of ``flat`` if finite, else recomputed in float64 or a ReprlabError."""
+    if math.isfinite(gram.sum().item()):  # one cheap test; the sum of a finite Gram may overflow
+        return gram
+    if torch.isfinite(gram).all():
+        return gram
+    if not torch.isfinite(flat).all():
+        raise _non_finite_error()
+    gram = _gram_products(flat, torch.float64)  # float32 products overflowed
+    if not torch.isfinite(gram).all():
+        raise ReprlabError("activations too large to square in float64; rescale them")
     return gram
 
 
@@ -159,20 +197,10 @@ def linear_gram(features: torch.Tensor) -> torch.Tensor:
     over column slices summed in float64 (module docstring, "Precision"), falling back to float64
     where float32 products would overflow; all others in float64. A column that is constant over
     the examples contributes exactly zero, so a constant representation has an exactly zero Gram.
-    The result is exactly symmetric. Raises ReprlabError on NaN or inf.
+    Raises ReprlabError on NaN or inf.
     """
     flat = features.reshape(features.shape[0], -1)
-    narrow = flat.dtype in _FLOAT32_PRODUCTS and flat.shape[1] >= _FLOAT32_MIN_WIDTH
-    dtype = torch.float32 if narrow else torch.float64
-    gram = _chunked_gram(flat, dtype)
-    if not torch.isfinite(gram).all():
-        if not torch.isfinite(flat).all():
-            raise _non_finite_error()
-        if dtype != torch.float64:
-            gram = _chunked_gram(flat, torch.float64)  # float32 products overflowed
-        if not torch.isfinite(gram).all():
-            raise ReprlabError("activations too large to square in float64; rescale them")
-    return (gram + gram.T) / 2
+    return _checked_gram(_gram_products(flat, _product_dtype(flat)), flat)
 
 
 def _median(values: torch.Tensor) -> torch.Tensor:
@@ -253,10 +281,18 @@ def gram_stack(
     counts = {name: tensor.shape[0] for name, tensor in named}
     if len(set(counts.values())) != 1:
         raise ReprlabError(f"representations disagree on the number of examples: {counts}")
+    if kernel == "linear":
+        flats = [tensor.reshape(tensor.shape[0], -1) for _, tensor in named]
+        stack = torch.stack([_gram_products(flat, _product_dtype(flat)) for flat in flats])
+        if math.isfinite(stack.sum().item()):  # one test for the stack, details only on failure
+            return stack
+        compute = [lambda i=i: _checked_gram(stack[i], flats[i]) for i in range(len(named))]
+    else:
+        compute = [lambda t=t: rbf_gram(t, rbf_threshold) for _, t in named]
     grams = []
-    for name, tensor in named:
+    for (name, _), gram_of in zip(named, compute, strict=True):
         try:
-            grams.append(gram(tensor, kernel, rbf_threshold))
+            grams.append(gram_of())
         except ReprlabError as err:
             raise ReprlabError(f"{name!r}: {err}") from err
     return torch.stack(grams)

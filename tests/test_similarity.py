@@ -277,7 +277,7 @@ def test_fast_routes_agree_with_a_float64_reference(
     y = _activations(n, shape_y, offset=-3e3, seed=2)
     expected = _reference_cka(x, y, unbiased)
     routes, products = [], []
-    feature_hsic, chunked_gram = similarity._feature_hsic, similarity._chunked_gram
+    feature_hsic, gram_products = similarity._feature_hsic, similarity._gram_products
 
     def spy_features(*args, **kwargs):
         routes.append("features")
@@ -286,10 +286,10 @@ def test_fast_routes_agree_with_a_float64_reference(
     def spy_gram(flat, dtype):
         routes.append("gram")
         products.append(dtype)
-        return chunked_gram(flat, dtype)
+        return gram_products(flat, dtype)
 
     monkeypatch.setattr(similarity, "_feature_hsic", spy_features)
-    monkeypatch.setattr(similarity, "_chunked_gram", spy_gram)
+    monkeypatch.setattr(similarity, "_gram_products", spy_gram)
     assert cka(x, y, unbiased=unbiased) == pytest.approx(expected, abs=1e-6)
     accumulator = MinibatchCKA(["x", "y"], unbiased=unbiased)
     accumulator.update([x, y])
