@@ -10,12 +10,15 @@ without centring, and recomputes the column Gram for every (row, column) pair.
 The floor is what reprlab must do anyway: the forward passes of both models exactly as layer CKA
 runs them (:func:`reprlab.layerwise.tap_features`), with nothing computed from the activations.
 
-Prints, from one run, for each tap set asked for (``--taps declared layers`` does both):
-  * seconds for the floor, reprlab and torch-cka, measured in rounds that interleave them
-    (``--repeats`` rounds of floor and reprlab, torch-cka in ``--peer-repeats`` of them), each
-    round's figures and the medians;
-  * reprlab / floor (target <= 1.1) and torch-cka / reprlab, both as medians of per-round ratios,
-    and the speed-up on the CKA work alone (floor subtracted);
+Prints, from one run, for each tap set asked for (``--taps declared layers`` does both), and
+the load average, since the machine may be shared:
+  * the floor and reprlab in ``--repeats`` rounds over all images, batch by batch: each batch's
+    forward passes alone and layer_cka on that batch follow each other (order alternating), so
+    both see about the same load; the per-round totals, reprlab / floor per round and per batch
+    pair, and their medians (target <= 1.1);
+  * torch-cka and a whole layer_cka run next to it, in ``--peer-repeats`` pairs (order
+    alternating): seconds, the speed-up torch-cka / reprlab per pair and its median, and the
+    speed-up on the CKA work alone (floor subtracted);
   * the max absolute difference of the matrices: against torch-cka as users run it (float32),
     and against torch-cka run in float64 on the first batches (like with like; target <= 1e-4);
   * our peak memory for N and 4N images at one batch size (first tap set), each measured in a
@@ -182,54 +185,78 @@ def forward_only(model_a, model_b, images: torch.Tensor, batch_size: int, device
             tap_features(model, x.to(device), model.tap_names)
 
 
-def _median_line(label: str, values: list[float], unit: str = "s") -> str:
-    rounds = "  ".join(f"{value:.2f}" for value in values)
-    return f"{label:<34}{statistics.median(values):9.2f} {unit}  (rounds: {rounds})"
+def _median_line(label: str, values: list[float], unit: str = "s", show: bool = True) -> str:
+    rounds = "  ".join(f"{value:.2f}" for value in values) if show else f"{len(values)} pairs"
+    return f"{label:<36}{statistics.median(values):8.2f} {unit}  ({rounds})"
+
+
+def paired_rounds(model_a, model_b, images: torch.Tensor, args, device) -> dict[str, list[float]]:
+    """Floor vs reprlab, batch by batch: each batch's forward passes alone, then layer_cka on it.
+
+    The two runs of a pair follow each other (order alternating), so on a shared machine both
+    see about the same load; per round, the pairs add up to the full set of images. Returns the
+    per-round totals ("floor", "reprlab") and the per-pair ratios ("pairs").
+    """
+    out: dict[str, list[float]] = {"floor": [], "reprlab": [], "pairs": []}
+    batches = images.split(args.batch_size)
+    for index in range(args.repeats):
+        totals = {"floor": 0.0, "reprlab": 0.0}
+        for position, x in enumerate(batches):
+            runs = {
+                "floor": lambda x=x: forward_only(model_a, model_b, x, len(x), device),
+                "reprlab": lambda x=x: run_ours(model_a, model_b, x, len(x), device),
+            }
+            names = list(runs) if (index + position) % 2 == 0 else list(runs)[::-1]
+            pair = {name: timed(runs[name], device)[0] for name in names}
+            out["pairs"].append(pair["reprlab"] / pair["floor"])
+            for name, value in pair.items():
+                totals[name] += value
+        for name, value in totals.items():
+            out[name].append(value)
+    return out
 
 
 def compare_speed(args: argparse.Namespace, taps: str) -> None:
-    """Time floor, reprlab and torch-cka in interleaved rounds on one tap set; check agreement."""
+    """Time floor, reprlab and torch-cka interleaved on one tap set; check agreement."""
     device = torch.device(args.device)
     model_a, model_b = build_pair(args.arch, taps, device)
     images = torch.cat(list(image_batches(args.arch, args.n, args.n, torch.device("cpu"))))
     p, q = len(model_a.tap_names), len(model_b.tap_names)
     print(f"\n{args.arch}, {taps} taps ({p} x {q}), {args.n} images, batch {args.batch_size}")
     print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    print(f"load average at start: {_load_average()}")
+    run_ours(model_a, model_b, images[: args.batch_size], args.batch_size, device)  # warm-up
+    rounds = paired_rounds(model_a, model_b, images, args, device)
+    ratios = [ours / floor for ours, floor in zip(rounds["reprlab"], rounds["floor"], strict=True)]
+    print(_median_line("forward passes alone (both models):", rounds["floor"]))
+    print(_median_line("reprlab layer_cka:", rounds["reprlab"]))
+    print(_median_line("reprlab / forward passes alone:", ratios, "x"))
+    print(_median_line("  the same, per batch pair:", rounds["pairs"], "x", show=False))
+    print("  (target <= 1.1; medians over rounds, and over batch pairs)")
+    if args.skip_peer:
+        return
+    # torch-cka against a whole layer_cka run right before or after it.
+    peer: dict[str, list[float]] = {"reprlab": [], "torch-cka": [], "ratio": []}
+    results: dict[str, torch.Tensor] = {}
     runs = {
-        "floor": lambda: forward_only(model_a, model_b, images, args.batch_size, device),
         "reprlab": lambda: run_ours(model_a, model_b, images, args.batch_size, device),
         "torch-cka": lambda: run_torch_cka(model_a, model_b, images, args.batch_size, device),
     }
-    run_ours(model_a, model_b, images[: args.batch_size], args.batch_size, device)  # warm-up
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    ratios: dict[str, list[float]] = {"reprlab / floor": [], "torch-cka / reprlab": []}
-    results: dict[str, object] = {}
-    peer_rounds = 0 if args.skip_peer else args.peer_repeats
-    for index in range(max(args.repeats, peer_rounds)):
-        names = ["floor", "reprlab"] if index < args.repeats else []
-        if index < peer_rounds:
-            names.append("torch-cka")
-        names = names[index % len(names) :] + names[: index % len(names)]  # rotate the order
-        this_round = {}
+    for index in range(args.peer_repeats):
+        names = list(runs) if index % 2 == 0 else list(runs)[::-1]
         for name in names:
-            this_round[name], results[name] = timed(runs[name], device)
-            seconds[name].append(this_round[name])
-        if "floor" in this_round:
-            ratios["reprlab / floor"].append(this_round["reprlab"] / this_round["floor"])
-        if "torch-cka" in this_round and "reprlab" in this_round:
-            ratios["torch-cka / reprlab"].append(this_round["torch-cka"] / this_round["reprlab"])
-    print(_median_line("forward passes alone (both models):", seconds["floor"]))
-    print(_median_line("reprlab layer_cka:", seconds["reprlab"]))
-    print(_median_line("reprlab / forward passes alone:", ratios["reprlab / floor"], "x"))
-    print("  (target <= 1.1; median of per-round ratios)")
-    if args.skip_peer:
-        return
-    print(_median_line("torch-cka 0.21 (float32):", seconds["torch-cka"]))
-    if ratios["torch-cka / reprlab"]:
-        print(_median_line("speed-up torch-cka / reprlab:", ratios["torch-cka / reprlab"], "x"))
-    floor, ours_s = statistics.median(seconds["floor"]), statistics.median(seconds["reprlab"])
-    beyond_floor = (statistics.median(seconds["torch-cka"]) - floor) / max(ours_s - floor, 1e-9)
-    print(f"  CKA work only (medians, floor subtracted): {beyond_floor:7.1f} x")
+            seconds, results[name] = timed(runs[name], device)
+            peer[name].append(seconds)
+        peer["ratio"].append(peer["torch-cka"][-1] / peer["reprlab"][-1])
+    print(_median_line("torch-cka 0.21 (float32):", peer["torch-cka"]))
+    print(_median_line("reprlab layer_cka, next to it:", peer["reprlab"]))
+    print(_median_line("speed-up torch-cka / reprlab:", peer["ratio"], "x"))
+    floor = statistics.median(rounds["floor"]) * statistics.median(peer["reprlab"])
+    floor /= statistics.median(rounds["reprlab"])  # the floor scaled to the load of these runs
+    ours_work = statistics.median(peer["reprlab"]) - floor
+    if ours_work > 0:
+        work = (statistics.median(peer["torch-cka"]) - floor) / ours_work
+        print(f"  CKA work only (floor subtracted, scaled to these runs): {work:6.1f} x")
     ours_matrix, peer_matrix = results["reprlab"], results["torch-cka"]
     float32_error = (peer_matrix - ours_matrix).abs().max().item()
     print(f"max |torch-cka float32 - reprlab|:  {float32_error:9.2e}  (torch-cka's float32 error)")
@@ -249,6 +276,14 @@ def compare_speed(args: argparse.Namespace, taps: str) -> None:
         f"max |torch-cka float64 - reprlab|:  {difference:9.2e}  (target <= 1e-4; "
         f"{len(subset)} images)"
     )
+
+
+def _load_average() -> str:
+    """The 1, 5 and 15 minute load averages (the machine may be shared), or "unknown"."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def _proc_status_bytes(field: str) -> int:
@@ -346,8 +381,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--check-batches", type=int, default=2, help="batches for the fp64 check")
     parser.add_argument("--memory-n", type=int, default=128, help="N of the N/4N memory test")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds of floor and reprlab")
-    parser.add_argument("--peer-repeats", type=int, default=1, help="rounds with torch-cka")
+    parser.add_argument("--repeats", type=int, default=5, help="paired rounds: floor, reprlab")
+    parser.add_argument("--peer-repeats", type=int, default=1, help="torch-cka, reprlab pairs")
     parser.add_argument("--skip-peer", action="store_true", help="no torch-cka comparison")
     parser.add_argument("--skip-memory", action="store_true", help="no memory measurement")
     parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
