@@ -133,8 +133,13 @@ def _product_dtype(flat: torch.Tensor) -> torch.dtype:
     return torch.float32 if wide and flat.dtype in _FLOAT32_PRODUCTS else torch.float64
 
 
-def _gram_products(flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _gram_products(
+    flat: torch.Tensor, dtype: torch.dtype, workspace: dict[torch.dtype, torch.Tensor] | None = None
+) -> torch.Tensor:
     """``X_c X_cᵀ`` [n, n] float64 of ``flat`` [n, d], products in ``dtype``, slices summed.
+
+    ``workspace`` (dtype -> 1-d buffer) lends the centring buffer, so that a stack of Grams
+    allocates it once.
 
     Unchecked: NaN or inf in ``flat`` (or float32 overflow) leaves NaN or inf in the result.
     float64 products centre exactly as :func:`_centre_into`. float32 products centre each slice
@@ -150,7 +155,10 @@ def _gram_products(flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     step = max(1, min(width, _CHUNK_ELEMENTS // max(n, 1)))
     if device.type == "cuda":
         step = min(step, _CUDA_MAX_CHUNK_COLUMNS)
-    buffer = torch.empty(n * step, dtype=dtype, device=device)
+    workspace = {} if workspace is None else workspace
+    buffer = workspace.get(dtype)
+    if buffer is None or buffer.numel() < n * step or buffer.device != device:
+        buffer = workspace[dtype] = torch.empty(n * step, dtype=dtype, device=device)
     gram: torch.Tensor | None = None
     with _ieee_float32(device):
         for start in range(0, width, step):
@@ -283,7 +291,8 @@ def gram_stack(
         raise ReprlabError(f"representations disagree on the number of examples: {counts}")
     if kernel == "linear":
         flats = [tensor.reshape(tensor.shape[0], -1) for _, tensor in named]
-        stack = torch.stack([_gram_products(flat, _product_dtype(flat)) for flat in flats])
+        workspace: dict[torch.dtype, torch.Tensor] = {}
+        stack = torch.stack([_gram_products(f, _product_dtype(f), workspace) for f in flats])
         if math.isfinite(stack.sum().item()):  # one test for the stack, details only on failure
             return stack
         compute = [lambda i=i: _checked_gram(stack[i], flats[i]) for i in range(len(named))]

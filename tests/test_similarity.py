@@ -283,10 +283,10 @@ def test_fast_routes_agree_with_a_float64_reference(
         routes.append("features")
         return feature_hsic(*args, **kwargs)
 
-    def spy_gram(flat, dtype):
+    def spy_gram(flat, dtype, *args):
         routes.append("gram")
         products.append(dtype)
-        return gram_products(flat, dtype)
+        return gram_products(flat, dtype, *args)
 
     monkeypatch.setattr(similarity, "_feature_hsic", spy_features)
     monkeypatch.setattr(similarity, "_gram_products", spy_gram)
