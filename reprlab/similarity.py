@@ -13,15 +13,17 @@ the variance under the mean and give CKA values above 1 or NaN.
 Precision
 ---------
 Wide float32, float16 and bfloat16 features (at least 4096 values per example: the conv maps
-whose Grams dominate the cost) are centred in float32 — shifted by their first example, which is
-exact for a constant column and removes a large offset exactly, then by the mean of the shifted
-values — and their Gram is taken in IEEE float32 (no TF32, no autocast) over column slices whose
-Grams are summed in float64. Centred float32 products keep about seven digits per Gram entry;
-the rounding errors of different entries are independent and largely cancel in the HSIC sums, so
-CKA agrees with the float64 computation on the same inputs to about 1e-8 (tested to 1e-6 on
-activations with large offsets and heavy tails). Narrower or float64 features are centred and
-multiplied in float64, where that costs little. Everything after the Grams (centring of Grams,
-HSIC, the minibatch sums) is float64.
+whose Grams dominate the cost) are centred in float32, ``x - fl(sum(x) / n)`` — exact where a
+value is near its column's mean, so a large common offset goes without rounding — and their Gram
+is taken in IEEE float32 (no TF32, no autocast) over column slices whose Grams are summed and
+then double-centred in float64, which removes the offset (about an ulp of the mean per column)
+that the rounded mean leaves. Centred float32 products keep about seven digits per Gram entry; the rounding errors of
+different entries are independent and largely cancel in the HSIC sums, so CKA agrees with the
+float64 computation on the same inputs to about 1e-8, and to about 1e-7 for the biased estimator
+on heavy-tailed data, whose Gram diagonals carry long float32 sums of squares (tested to 1e-6 on
+activations with large offsets and heavy tails). Narrower or float64 features are centred (by
+their first example, then their mean) and multiplied in float64, where that costs little.
+Everything after the Grams (centring of Grams, HSIC, the minibatch sums) is float64.
 
 Estimators
 ----------
