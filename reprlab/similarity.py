@@ -12,17 +12,17 @@ the variance under the mean and give CKA values above 1 or NaN.
 
 Precision
 ---------
-Wide float32, float16 and bfloat16 features (at least 4096 values per example: the conv maps
-whose Grams dominate the cost) are centred in float32, ``x - fl(sum(x) / n)`` — exact where a
-value is near its column's mean, so a large common offset goes without rounding — and their Gram
-is taken in IEEE float32 (no TF32, no autocast) over column slices whose Grams are summed and
-then double-centred in float64, which removes the offset (about an ulp of the mean per column)
-that the rounded mean leaves. Centred float32 products keep about seven digits per Gram entry; the rounding errors of
-different entries are independent and largely cancel in the HSIC sums, so CKA agrees with the
-float64 computation on the same inputs to about 1e-8, and to about 1e-7 for the biased estimator
-on heavy-tailed data, whose Gram diagonals carry long float32 sums of squares (tested to 1e-6 on
-activations with large offsets and heavy tails). Narrower or float64 features are centred (by
-their first example, then their mean) and multiplied in float64, where that costs little.
+Wide float32, float16 and bfloat16 features (at least 4096 values per example: the conv maps whose
+Grams dominate the cost) are centred in float32, ``x - fl(sum(x) / n)`` — exact where a value is
+near its column's mean, so a large common offset goes without rounding — and their Gram is taken in
+IEEE float32 (no TF32, no autocast) over column slices whose Grams are summed and then
+double-centred in float64, which removes the offset (about an ulp of the mean per column) that the
+rounded mean leaves. Centred float32 products keep about seven digits per Gram entry; the rounding
+errors of different entries are independent and largely cancel in the HSIC sums, so CKA agrees with
+the float64 computation on the same inputs to about 1e-8, and to about 1e-7 for the biased
+estimator on heavy-tailed data, whose Gram diagonals carry long float32 sums of squares (tested to
+1e-6 on activations with large offsets and heavy tails). Narrower or float64 features are centred
+(by their first example, then their mean) and multiplied in float64, where that costs little.
 Everything after the Grams (centring of Grams, HSIC, the minibatch sums) is float64.
 
 Estimators
@@ -114,6 +114,26 @@ def _ieee_float32(device: torch.device) -> Iterator[None]:
             torch.set_float32_matmul_precision(precision)
 
 
+@contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Run the CPU ops inside on one thread; elsewhere (CUDA, one thread already) a no-op.
+
+    For the memory-bound passes (centring) and the small [P, n, n] work around the Gram
+    products: more threads gain them little, and on a busy machine every multi-threaded op
+    first waits for its helper thread to be scheduled (milliseconds each). The products
+    themselves keep all threads.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _centre_into(source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Write ``source`` [n, d] centred over its rows into ``out`` [n, d] (of the compute dtype).
 
@@ -166,14 +186,15 @@ def _gram_products(
         for start in range(0, width, step):
             source = flat[:, start : start + step]
             chunk = buffer[: source.numel()].view(source.shape)
-            if dtype == torch.float64:
-                _centre_into(source, chunk)
-            else:
-                torch.sub(source, source.sum(dim=0, dtype=dtype), alpha=1 / n, out=chunk)
+            with _one_thread(device):
+                if dtype == torch.float64:
+                    _centre_into(source, chunk)
+                else:
+                    torch.sub(source, source.sum(dim=0, dtype=dtype), alpha=1 / n, out=chunk)
             partial = torch.mm(chunk, chunk.T)
             gram = partial.to(torch.float64) if gram is None else gram.add_(partial)
     assert gram is not None
-    if dtype != torch.float64:
+    if dtype != torch.float64:  # ops on [n, n]: serial below the parallel grain size anyway
         low, high = torch.aminmax(gram)
         spread, size = (high - low).item(), max(abs(low.item()), abs(high.item()))
         if spread <= 1e-2 * size and torch.equal(flat, flat[:1].expand_as(flat)):
@@ -294,8 +315,11 @@ def gram_stack(
     if kernel == "linear":
         flats = [tensor.reshape(tensor.shape[0], -1) for _, tensor in named]
         workspace: dict[torch.dtype, torch.Tensor] = {}
-        stack = torch.stack([_gram_products(f, _product_dtype(f), workspace) for f in flats])
-        if math.isfinite(stack.sum().item()):  # one test for the stack, details only on failure
+        grams = [_gram_products(f, _product_dtype(f), workspace) for f in flats]
+        with _one_thread(grams[0].device):
+            stack = torch.stack(grams)
+            finite = math.isfinite(stack.sum().item())  # one test for all, details on failure
+        if finite:
             return stack
         compute = [lambda i=i: _checked_gram(stack[i], flats[i]) for i in range(len(named))]
     else:
@@ -565,18 +589,19 @@ class MinibatchCKA:
             )
         _require_examples(n, self.unbiased)
         normaliser = _normaliser(n, self.unbiased)
-        flat_a = _centred(grams_a, self.unbiased).flatten(1)
-        if grams_b is None:
-            cross = flat_a @ flat_a.T / normaliser
-            self._add(cross, cross.diagonal().clone(), None, n)
-        else:
-            flat_b = _centred(grams_b, self.unbiased).flatten(1)
-            self._add(
-                flat_a @ flat_b.T / normaliser,
-                torch.linalg.vecdot(flat_a, flat_a) / normaliser,
-                torch.linalg.vecdot(flat_b, flat_b) / normaliser,
-                n,
-            )
+        with _one_thread(grams_a.device):  # O(P² n²) next to the O(P n² d) of the Grams
+            flat_a = _centred(grams_a, self.unbiased).flatten(1)
+            if grams_b is None:
+                cross = flat_a @ flat_a.T / normaliser
+                self._add(cross, cross.diagonal().clone(), None, n)
+            else:
+                flat_b = _centred(grams_b, self.unbiased).flatten(1)
+                self._add(
+                    flat_a @ flat_b.T / normaliser,
+                    torch.linalg.vecdot(flat_a, flat_a) / normaliser,
+                    torch.linalg.vecdot(flat_b, flat_b) / normaliser,
+                    n,
+                )
 
     def _add(
         self,
