@@ -62,12 +62,13 @@ from reprlab.errors import ReprlabError
 
 KERNELS = ("linear", "rbf")
 
-# A Gram is built over column slices of the features of at most _CHUNK_ELEMENTS elements (16 MiB
-# of float32), each centred into one reused buffer and multiplied, so no full centred copy of a
-# wide conv map is held. Slices are large because on a shared CPU every parallel op also pays for
-# thread synchronisation. On CUDA, no slice is wider than _CUDA_MAX_CHUNK_COLUMNS, which bounds
-# the length of the float32 dot products cuBLAS accumulates in sequence.
-_CHUNK_ELEMENTS = 1 << 22
+# A Gram is built over column slices of the features of at most _CHUNK_ELEMENTS elements (32 MiB
+# of float32), each centred into one reused buffer and multiplied, so the centred copy stays small
+# however wide the map and large batch. Slices are large because on a shared CPU every parallel
+# op also waits for its helper thread to be scheduled. On CUDA, no slice is wider than
+# _CUDA_MAX_CHUNK_COLUMNS, which bounds the length of the float32 dot products cuBLAS accumulates
+# in sequence.
+_CHUNK_ELEMENTS = 1 << 23
 _CUDA_MAX_CHUNK_COLUMNS = 4096
 
 # Features of these dtypes with at least _FLOAT32_MIN_WIDTH columns (the wide maps whose products
