@@ -232,3 +232,22 @@ def vulnerability_scatter(
     right.legend(fontsize=6)
     figure.suptitle(title, fontsize=8)
     return figure
+
+
+def learning_principle(
+    labels: Sequence[str], *, natural: Sequence[float], adversarial: Sequence[float], title: str
+) -> Figure:
+    """Natural and adversarial accuracy (%) of downstream heads, one pair of bars per label
+    (encoder principle and head), as Zhu et al. 2020's Table 2."""
+    figure, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(labels) + 2), 3.6))
+    index = np.arange(len(labels))
+    width = 0.38
+    ax.bar(index - width / 2, 100 * np.asarray(natural), width, label="natural")
+    ax.bar(index + width / 2, 100 * np.asarray(adversarial), width, label="adversarial")
+    ax.set_xticks(index, labels, fontsize=7)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    return figure

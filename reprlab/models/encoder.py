@@ -65,12 +65,12 @@ class ConvEncoder(StagedNet):
         self.fc1 = nn.Sequential(
             nn.Linear(previous * size * size, hidden), nn.BatchNorm1d(hidden), nn.ReLU()
         )
-        self.code = nn.Linear(hidden, code)
+        self.embed = nn.Linear(hidden, code)
         self.classifier = nn.Linear(code, num_classes)
         self.stages = (
             *stages,
             ("fc1", ("flatten", "fc1")),
-            ("code", ("code",)),
+            ("code", ("embed",)),
             ("logits", ("classifier",)),
         )
 
