@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python scripts/bench_attack.py
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_cka.py
+	$(BIN)/python scripts/bench_vulnerability.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
