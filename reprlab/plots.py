@@ -166,3 +166,88 @@ def layer_curves(
     if len(curves) > 1:
         ax.legend(fontsize=7)
     return figure
+
+
+def mi_bars(
+    labels: Sequence[str],
+    *,
+    normal: tuple[Sequence[float], Sequence[float]],
+    worst: tuple[Sequence[float], Sequence[float]],
+    title: str,
+) -> Figure:
+    """Normal- and worst-case MI estimates (nats) per (model, tap) label, means ± spread
+    (Zhu et al. 2020): ``normal``/``worst`` are (means, spreads), one per label."""
+    figure, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(labels) + 2), 3.6))
+    index = np.arange(len(labels))
+    width = 0.38
+    ax.bar(index - width / 2, normal[0], width, yerr=normal[1], capsize=3, label="I(X; g(X))")
+    ax.bar(index + width / 2, worst[0], width, yerr=worst[1], capsize=3, label="worst case I_ε")
+    ax.set_xticks(index, labels, fontsize=7)
+    ax.set_ylabel("MI estimate (nats)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    return figure
+
+
+def mi_curves(curves: Mapping[str, Sequence[float]], *, title: str) -> Figure:
+    """Held-out MI estimate (nats) per critic epoch, one line per critic label."""
+    figure, ax = plt.subplots(figsize=(6, 3.6))
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker=".", label=label)
+    ax.set_xlabel("critic epoch")
+    ax.set_ylabel("held-out MI estimate (nats)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=6)
+    return figure
+
+
+def vulnerability_scatter(
+    *,
+    points: Sequence[tuple[str, float, float]],
+    bounds: Sequence[tuple[str, float, float]],
+    title: str,
+) -> Figure:
+    """Zhu et al. 2020's two views: (left) representation vulnerability RV (nats) against the
+    best downstream adversarial accuracy, ``points`` = (label, rv, accuracy); (right) Fano's
+    bound against the adversarial accuracy each head reaches, ``bounds`` = (label, bound,
+    accuracy), with the diagonal (a head on the diagonal meets the bound)."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, rv, accuracy in points:
+        left.scatter([rv], [100 * accuracy], label=label)
+    left.set_xlabel("representation vulnerability RV (nats)")
+    left.set_ylabel("best head's adversarial accuracy (%)")
+    left.set_ylim(0, 100)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=6)
+    right.plot([0, 100], [0, 100], color="grey", linestyle="--", linewidth=1)
+    for label, bound, accuracy in bounds:
+        right.scatter([100 * bound], [100 * accuracy], label=label, marker="s")
+    right.set_xlabel("Fano bound from worst-case MI (%)")
+    right.set_ylabel("head's adversarial accuracy (%)")
+    right.set_xlim(0, 105)
+    right.set_ylim(0, 105)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=6)
+    figure.suptitle(title, fontsize=8)
+    return figure
+
+
+def learning_principle(
+    labels: Sequence[str], *, natural: Sequence[float], adversarial: Sequence[float], title: str
+) -> Figure:
+    """Natural and adversarial accuracy (%) of downstream heads, one pair of bars per label
+    (encoder principle and head), as Zhu et al. 2020's Table 2."""
+    figure, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(labels) + 2), 3.6))
+    index = np.arange(len(labels))
+    width = 0.38
+    ax.bar(index - width / 2, 100 * np.asarray(natural), width, label="natural")
+    ax.bar(index + width / 2, 100 * np.asarray(adversarial), width, label="adversarial")
+    ax.set_xticks(index, labels, fontsize=7)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    return figure

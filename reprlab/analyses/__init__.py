@@ -26,6 +26,8 @@ RUNNERS = {
     "cka": "reprlab.analyses.cka",
     "cka_panels": "reprlab.analyses.cka_panels",
     "cka_epochs": "reprlab.analyses.cka_epochs",
+    "vulnerability": "reprlab.analyses.vulnerability",
+    "vulnerability_learn": "reprlab.analyses.vulnerability_learn",
 }
 
 
