@@ -7,6 +7,7 @@ one-line :class:`~reprlab.errors.ReprlabError` before any work starts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -163,6 +164,49 @@ def recipe(node: Any, where: str = "model") -> ModelRecipe:
         check_positive(f"{where}.adversary.step_size", a.step_size)
         check_positive(f"{where}.adversary.steps", a.steps)
     return spec
+
+
+def compose_model_node(name: str) -> DictConfig:
+    """The ``model`` node Hydra composes for ``model=<name>`` (the recipe file with its defaults
+    list resolved, e.g. ``cnn_small_at`` on top of ``cnn_small``), without a run.
+
+    Works outside a Hydra app (a private initialisation of the config directory, cleared after)
+    and inside one (``hydra.compose`` on the running app's config search path). Overrides given
+    on the command line for ``model.*`` do not apply: this is the named recipe as written.
+    Raises ReprlabError for a name that is not a recipe in conf/model.
+    """
+    options = group_options("model")
+    if name not in options:
+        raise ReprlabError(f"unknown model recipe '{name}'; choose one of: {', '.join(options)}")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"model={name}"]
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="config", overrides=overrides)
+    else:
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="reprlab"):
+            cfg = compose(config_name="config", overrides=overrides)
+    return cfg.model
+
+
+def recipe_named(
+    name: str, changes: Mapping[str, Any] | None = None, where: str | None = None
+) -> ModelRecipe:
+    """The validated :class:`ModelRecipe` of recipe file ``conf/model/<name>.yaml``.
+
+    ``changes`` (optional) are merged into it, nested like the recipe (e.g.
+    ``{"seed": 1, "name": "cnn_small_s1"}`` or ``{"train": {"epochs": 1}}``); ``where`` names the
+    setting the name came from in error messages (default ``model=<name>``).
+    """
+    where = where or f"model={name}"
+    node = compose_model_node(name)
+    if changes:
+        try:
+            node = OmegaConf.merge(node, OmegaConf.create(dict(changes)))
+        except OmegaConfBaseException as err:
+            raise ReprlabError(f"{where}: {str(err).splitlines()[0]}") from None
+    return recipe(node, where)
 
 
 def attack_spec(node: Any, where: str = "attack") -> AttackSpec:
