@@ -170,7 +170,7 @@ def peer(args: argparse.Namespace, m1: Classifier, m2: Classifier, x: torch.Tens
             super().__init__()
             self.inner = model
 
-        def forward(self, x, with_latent=False, layer_num=None, **_):  # noqa: ANN001
+        def forward(self, x, with_latent=False, layer_num=None, **_):
             tap = self.inner.representation_tap
             latent = self.inner.features(x, [tap], detach=False)[tap]
             logits = self.inner.back(latent, tap)

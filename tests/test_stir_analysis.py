@@ -5,6 +5,7 @@ model-set and per-layer forms, and the user mistakes."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from helpers import FAST, run_reprlab
 from reference_cka import minibatch_cka
 
+from reprlab.cli import main
 from reprlab.data import dataset_info
 from reprlab.models import build_model
 from reprlab.store import load_weights
@@ -125,7 +127,11 @@ def test_a_second_run_reuses_every_stored_iri_and_gives_the_same_values(workdir:
 
 
 def test_model_set_gives_stir_and_cka_matrices(workdir: Path) -> None:
-    models = f"analysis.models=[{{recipe: cnn_small, {TINY}}},{{recipe: cnn_small, seed: 1, {TINY}, name: other}}]"
+    first, second = (
+        f"{{recipe: cnn_small, {TINY}}}",
+        f"{{recipe: cnn_small, seed: 1, {TINY}, name: other}}",
+    )
+    models = f"analysis.models=[{first},{second}]"
     result = run_reprlab("run", *FAST, *SMALL, models, cwd=workdir)
     assert result.returncode == 0, result.stderr
     run_dir = runs(workdir)[-1]
@@ -169,24 +175,39 @@ def test_per_layer_mode_gives_stir_along_the_layers(workdir: Path) -> None:
     assert record["artifacts"]["iris_cnn_small seed 0_conv2_seed0"]["produced_now"] is True
 
 
+@pytest.fixture
+def keep_signal_handlers():
+    """``reprlab run`` installs a SIGTERM handler; give the test process its own back."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
         (["analysis.tap=conv9"], "unknown tap(s) conv9"),
+        (["analysis.ref_tap=fc9"], "unknown tap(s) fc9"),
         (["analysis.examples=3"], "analysis.examples=3 is invalid"),
         (["analysis.repeats=0"], "analysis.repeats=0 is invalid"),
         (["analysis.seed_kind=zeros"], "analysis.seed_kind='zeros' is invalid"),
+        (["analysis.estimator=rbf"], "analysis.estimator='rbf' is invalid"),
         (["analysis.layers=[conv1,conv9]"], "analysis.layers"),
         (["analysis.models=[cnn_small,resnet19]"], "unknown model recipe 'resnet19'"),
         (["analysis.models=[cnn_small,cnn_small]"], "more than once"),
+        (["analysis.models=[cnn_small]"], "at least two recipes"),
         ([], "add ref=<recipe>"),
     ],
 )
-def test_user_errors_print_one_line_and_write_nothing(tmp_path: Path, args, fragment) -> None:
+def test_user_errors_print_one_line_and_write_nothing(
+    tmp_path: Path, monkeypatch, capsys, keep_signal_handlers, args, fragment
+) -> None:
+    """In-process, as ``reprlab run`` from a shell: refused before Hydra starts (exit 2)."""
     base = PAIR if args else [*FAST, *SMALL]  # no ref at all: the pair form needs one
-    result = run_reprlab("run", *base, *args, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("reprlab: error: "), result.stderr
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", *base, *args])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("reprlab: error: "), lines
     assert fragment in lines[0], lines[0]
     assert list(tmp_path.iterdir()) == []

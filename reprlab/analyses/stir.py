@@ -279,6 +279,10 @@ def iris(
     }
 
     def produce(files: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        log.info(
+            "IRIs of %s at %s (%s seeds, seed %s): %d images, %d steps",
+            member.label, member.tap, s.seed_kind, seed, x.shape[0], s.steps,
+        )  # fmt: skip
         started = time.perf_counter()
         found = compute.find_iris(
             member.model,
@@ -302,6 +306,10 @@ def iris(
             "p95_distance": float(found.distance.quantile(0.95)),
             "seconds": round(time.perf_counter() - started, 2),
         }
+        log.info(
+            "IRIs of %s: relative distance median %.4f, p95 %.4f (%.1f s)",
+            member.label, summary["median_distance"], summary["p95_distance"], summary["seconds"],
+        )  # fmt: skip
         return payload, summary
 
     label = f"iris_{member.label}_{member.tap}_seed{seed}"
