@@ -30,7 +30,7 @@ data: $(MNIST)
 demo: setup data
 	$(BIN)/reprlab run -m experiment=demo model=cnn_small,cnn_small_at
 	$(BIN)/reprlab run experiment=demo_cka
-	$(BIN)/reprlab run experiment=stir_demo analysis.models=null ref=cnn_small_at analysis.repeats=2
+	$(BIN)/reprlab run experiment=stir_demo analysis.models=null ref=cnn_small_at analysis.examples=100 analysis.repeats=2
 
 test: setup
 	$(BIN)/python -m pytest
