@@ -370,6 +370,28 @@ def check_radius(key: str, eps: float, norm: str, info: Any) -> None:
         )
 
 
+def check_recipe_for(spec: ModelRecipe, where: str, dataset: DatasetSpec) -> None:
+    """Raise ReprlabError unless recipe ``spec`` can be trained on ``dataset``: a known
+    architecture, an adversary radius within the dataset's range, a training batch no larger
+    than the training set. ``where`` names the setting in the message (``model``, ``ref``,
+    ``analysis.models[1]``)."""
+    from reprlab.data import dataset_info, train_size
+    from reprlab.models import available_archs
+
+    info = dataset_info(dataset.name)
+    available = train_size(dataset.name)
+    if dataset.train_limit is not None:
+        available = min(available or dataset.train_limit, dataset.train_limit)
+    check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
+    if spec.adversary is not None:
+        check_radius(f"{where}.adversary.eps", spec.adversary.eps, spec.adversary.norm, info)
+    if available is not None and spec.train.batch_size > available:
+        raise ReprlabError(
+            f"{where}.train.batch_size={spec.train.batch_size} is invalid: {dataset.name} "
+            f"has {available} training images here; lower it (or raise dataset.train_limit)"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Check what every run shares; raise ReprlabError (one line) on the first problem found.
 
@@ -379,7 +401,6 @@ def validate(cfg: DictConfig) -> None:
     :func:`check_data`; :func:`reprlab.analyses.validate_run` calls all three.
     """
     from reprlab.data import dataset_info, train_size
-    from reprlab.models import available_archs
     from reprlab.runtime import resolve_device
 
     settings = run_settings(cfg)
@@ -396,15 +417,7 @@ def validate(cfg: DictConfig) -> None:
     for where in ("model", "ref"):
         if cfg.get(where) is None:
             continue
-        spec = recipe(cfg[where], where)
-        check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
-        if spec.adversary is not None:
-            check_radius(f"{where}.adversary.eps", spec.adversary.eps, spec.adversary.norm, info)
-        if available is not None and spec.train.batch_size > available:
-            raise ReprlabError(
-                f"{where}.train.batch_size={spec.train.batch_size} is invalid: {dataset.name} "
-                f"has {available} training images here; lower it (or raise dataset.train_limit)"
-            )
+        check_recipe_for(recipe(cfg[where], where), where, dataset)
     attack = attack_spec(cfg.get("attack"))
     check_radius("attack.eps", attack.eps, attack.norm, info)
     if attack.targeted:

@@ -196,6 +196,12 @@ def keep_signal_handlers():
         (["analysis.models=[cnn_small,resnet19]"], "unknown model recipe 'resnet19'"),
         (["analysis.models=[cnn_small,cnn_small]"], "more than once"),
         (["analysis.models=[cnn_small]"], "at least two recipes"),
+        (["analysis.layers=true"], "analysis.layers=True is invalid"),
+        (["analysis.layers=[[]]"], "list tap names"),
+        (
+            ["analysis.models=[cnn_small,{recipe: cnn_small_at, adversary: {eps: 9}, name: x}]"],
+            "analysis.models[1].adversary.eps=9.0 is invalid",
+        ),
         ([], "add ref=<recipe>"),
     ],
 )

@@ -36,6 +36,8 @@ from reprlab.config import (
     check_choice,
     check_non_negative,
     check_positive,
+    check_recipe_for,
+    dataset_spec,
     recipe,
     recipe_named,
     typed,
@@ -121,7 +123,12 @@ def settings(cfg: DictConfig) -> Settings:
                 "analysis.layers compares the layers of a pair (model, ref); "
                 "leave analysis.models empty for it"
             )
-        specs = [recipe_named(name, changes, where) for name, changes, where in entries(s)]
+        dataset = dataset_spec(cfg.dataset)
+        specs = []
+        for name, changes, where in entries(s):
+            spec = recipe_named(name, changes, where)
+            check_recipe_for(spec, where, dataset)
+            specs.append(spec)
         labels = [spec.name for spec in specs]
         if len(specs) < 2:
             raise ReprlabError("analysis.models needs at least two recipes for a STIR matrix")
@@ -188,6 +195,14 @@ def layer_taps(spec: Any, first: Classifier, second: Classifier) -> tuple[str, .
         spec = list(spec)
         if not spec:
             raise ReprlabError("analysis.layers=[] names no tap; use blocks, all or a list")
+        if not all(isinstance(tap, str) for tap in spec):
+            raise ReprlabError(
+                f"analysis.layers={spec!r} is invalid: list tap names, e.g. [conv1,fc1]"
+            )
+    elif spec not in ("blocks", "all"):
+        raise ReprlabError(
+            f"analysis.layers={spec!r} is invalid: use blocks, all or a list of taps"
+        )
     try:
         a, b = select_taps(first, spec), select_taps(second, spec)
     except ReprlabError as err:
