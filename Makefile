@@ -31,6 +31,7 @@ demo: setup data
 	$(BIN)/reprlab run -m experiment=demo model=cnn_small,cnn_small_at
 	$(BIN)/reprlab run experiment=demo_cka
 	$(BIN)/reprlab run experiment=vulnerability_demo analysis.train_examples=1000 analysis.critic_epochs=2 analysis.search_steps=3
+	$(BIN)/reprlab run experiment=stir_demo analysis.models=null ref=cnn_small_at analysis.examples=100 analysis.repeats=2
 
 test: setup
 	$(BIN)/python -m pytest

@@ -8,6 +8,7 @@ one-line :class:`~reprlab.errors.ReprlabError` before any work starts.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -249,6 +250,49 @@ def recipe(node: Any, where: str = "model") -> ModelRecipe:
     return spec
 
 
+def compose_model_node(name: str) -> DictConfig:
+    """The ``model`` node Hydra composes for ``model=<name>`` (the recipe file with its defaults
+    list resolved, e.g. ``cnn_small_at`` on top of ``cnn_small``), without a run.
+
+    Works outside a Hydra app (a private initialisation of the config directory, cleared after)
+    and inside one (``hydra.compose`` on the running app's config search path). Overrides given
+    on the command line for ``model.*`` do not apply: this is the named recipe as written.
+    Raises ReprlabError for a name that is not a recipe in conf/model.
+    """
+    options = group_options("model")
+    if name not in options:
+        raise ReprlabError(f"unknown model recipe '{name}'; choose one of: {', '.join(options)}")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"model={name}"]
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="config", overrides=overrides)
+    else:
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="reprlab"):
+            cfg = compose(config_name="config", overrides=overrides)
+    return cfg.model
+
+
+def recipe_named(
+    name: str, changes: Mapping[str, Any] | None = None, where: str | None = None
+) -> ModelRecipe:
+    """The validated :class:`ModelRecipe` of recipe file ``conf/model/<name>.yaml``.
+
+    ``changes`` (optional) are merged into it, nested like the recipe (e.g.
+    ``{"seed": 1, "name": "cnn_small_s1"}`` or ``{"train": {"epochs": 1}}``); ``where`` names the
+    setting the name came from in error messages (default ``model=<name>``).
+    """
+    where = where or f"model={name}"
+    node = compose_model_node(name)
+    if changes:
+        try:
+            node = OmegaConf.merge(node, OmegaConf.create(dict(changes)))
+        except OmegaConfBaseException as err:
+            raise ReprlabError(f"{where}: {str(err).splitlines()[0]}") from None
+    return recipe(node, where)
+
+
 def attack_spec(node: Any, where: str = "attack") -> AttackSpec:
     """The validated :class:`AttackSpec` of an ``attack`` config node."""
     spec: AttackSpec = typed(node, AttackSpec, where)
@@ -326,6 +370,28 @@ def check_radius(key: str, eps: float, norm: str, info: Any) -> None:
         )
 
 
+def check_recipe_for(spec: ModelRecipe, where: str, dataset: DatasetSpec) -> None:
+    """Raise ReprlabError unless recipe ``spec`` can be trained on ``dataset``: a known
+    architecture, an adversary radius within the dataset's range, a training batch no larger
+    than the training set. ``where`` names the setting in the message (``model``, ``ref``,
+    ``analysis.models[1]``)."""
+    from reprlab.data import dataset_info, train_size
+    from reprlab.models import available_archs
+
+    info = dataset_info(dataset.name)
+    available = train_size(dataset.name)
+    if dataset.train_limit is not None:
+        available = min(available or dataset.train_limit, dataset.train_limit)
+    check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
+    if spec.adversary is not None:
+        check_radius(f"{where}.adversary.eps", spec.adversary.eps, spec.adversary.norm, info)
+    if available is not None and spec.train.batch_size > available:
+        raise ReprlabError(
+            f"{where}.train.batch_size={spec.train.batch_size} is invalid: {dataset.name} "
+            f"has {available} training images here; lower it (or raise dataset.train_limit)"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Check what every run shares; raise ReprlabError (one line) on the first problem found.
 
@@ -335,7 +401,6 @@ def validate(cfg: DictConfig) -> None:
     :func:`check_data`; :func:`reprlab.analyses.validate_run` calls all three.
     """
     from reprlab.data import dataset_info, train_size
-    from reprlab.models import available_archs
     from reprlab.runtime import resolve_device
 
     settings = run_settings(cfg)
@@ -352,15 +417,7 @@ def validate(cfg: DictConfig) -> None:
     for where in ("model", "ref"):
         if cfg.get(where) is None:
             continue
-        spec = recipe(cfg[where], where)
-        check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
-        if spec.adversary is not None:
-            check_radius(f"{where}.adversary.eps", spec.adversary.eps, spec.adversary.norm, info)
-        if available is not None and spec.train.batch_size > available:
-            raise ReprlabError(
-                f"{where}.train.batch_size={spec.train.batch_size} is invalid: {dataset.name} "
-                f"has {available} training images here; lower it (or raise dataset.train_limit)"
-            )
+        check_recipe_for(recipe(cfg[where], where), where, dataset)
     attack = attack_spec(cfg.get("attack"))
     check_radius("attack.eps", attack.eps, attack.norm, info)
     if attack.targeted:

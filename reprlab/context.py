@@ -17,7 +17,14 @@ import torch
 from omegaconf import DictConfig
 
 from reprlab.attacks import PGD
-from reprlab.config import DatasetSpec, ModelRecipe, attack_spec, dataset_spec, recipe
+from reprlab.config import (
+    DatasetSpec,
+    ModelRecipe,
+    attack_spec,
+    dataset_spec,
+    recipe,
+    recipe_named,
+)
 from reprlab.data import DatasetInfo, dataset_info, make_loader
 from reprlab.errors import ReprlabError
 from reprlab.models import Classifier
@@ -123,7 +130,23 @@ class RunContext:
         use. run.json records the key before training starts, then where the weights came from
         (``source``: trained or imported, with the imported file's sha256) and their sha256.
         """
-        spec = self.recipe(where)
+        return self.obtain(self.recipe(where), where)
+
+    def model_named(self, name: str, changes: Mapping[str, Any] | None = None) -> LoadedModel:
+        """The trained model of recipe file ``conf/model/<name>.yaml`` on the run's dataset,
+        as :meth:`model` gives the run's own ``model``/``ref`` (store hit, or trained once).
+
+        For analyses over a list of recipes (e.g. ``analysis.models=[resnet18,vgg16_at]``).
+        ``changes`` are merged into the recipe, nested like it (e.g. ``{"seed": 1, "name":
+        "resnet18_s1"}``); command-line overrides of ``model.*`` do not apply. Recorded in
+        run.json under ``models.<recipe's name>``.
+        """
+        spec = recipe_named(name, changes)
+        return self.obtain(spec, spec.name)
+
+    def obtain(self, spec: ModelRecipe, role: str) -> LoadedModel:
+        """The trained model of recipe ``spec`` (store hit, or trained once under the store's
+        lock), verified and on the run's device; run.json records it under ``models.<role>``."""
         identity = model_identity(spec, self.dataset)
         key = store_key(identity)
         meta = {
@@ -136,7 +159,7 @@ class RunContext:
             "run": str(self.run.path),
         }
         # Recorded before the store is asked, so a run killed while training says which model.
-        self.run.update(models={where: {"name": spec.name, "key": key}})
+        self.run.update(models={role: {"name": spec.name, "key": key}})
         entry, trained = self.store.obtain(
             key,
             meta,
@@ -157,7 +180,7 @@ class RunContext:
         }
         if source == "imported":
             record["checkpoint_sha256"] = entry.meta.get("checkpoint_sha256")
-        self.run.update(models={where: record})
+        self.run.update(models={role: record})
         model = self.load(spec, entry.load(), origin=f"store entry {key}")
         return LoadedModel(model=model, recipe=spec, entry=entry)
 

@@ -226,7 +226,7 @@ def fit(
     all_modules = [*trainable.values(), *frozen.values()]
     with (
         module_mode(*all_modules, mode="keep"),
-        _frozen_parameters(frozen_parameters),
+        requires_grad_off(frozen_parameters),
     ):
         for epoch in range(start_epoch, settings.epochs + 1):
             _set_modes(trainable.values(), frozen.values(), frozen_bn)
@@ -306,8 +306,11 @@ def _set_modes(trainable: Iterable[nn.Module], frozen: Iterable[nn.Module], froz
 
 
 @contextlib.contextmanager
-def _frozen_parameters(parameters: list[nn.Parameter]) -> Iterator[None]:
-    """``requires_grad=False`` on ``parameters`` for the block; each flag restored after."""
+def requires_grad_off(parameters: list[nn.Parameter]) -> Iterator[None]:
+    """``requires_grad=False`` on ``parameters`` for the block; each flag restored after.
+
+    Frozen modules in a training step, and models whose *inputs* are optimised (a forward pass
+    then keeps nothing for weight gradients)."""
     flags = [p.requires_grad for p in parameters]
     for p in parameters:
         p.requires_grad_(False)

@@ -1,4 +1,4 @@
-"""Figures: accuracy curves, training curves, CKA heatmaps (matplotlib, Agg backend).
+"""Figures: accuracy curves, training curves, CKA heatmaps, bars, image grids (matplotlib, Agg).
 
 Functions take plain numbers and return a matplotlib Figure; the run directory saves it.
 """
@@ -152,12 +152,22 @@ def cka_panels(
 
 
 def layer_curves(
-    curves: Mapping[str, Sequence[float]], taps: Sequence[str], *, title: str, ylabel: str
+    curves: Mapping[str, Sequence[float]],
+    taps: Sequence[str],
+    *,
+    title: str,
+    ylabel: str,
+    errors: Mapping[str, Sequence[float]] | None = None,
 ) -> Figure:
-    """One value per layer (e.g. same-layer CKA), one line per label, layers in forward order."""
+    """One value per layer (e.g. same-layer CKA), one line per label, layers in forward order.
+
+    ``errors`` (optional): per label, the half-length of an error bar at each layer (e.g. the
+    standard deviation over repeats).
+    """
     figure, ax = plt.subplots(figsize=(max(5.0, 0.3 * len(taps) + 2), 3.6))
     for label, values in curves.items():
-        ax.plot(range(len(taps)), values, marker="o", label=label)
+        spread = None if errors is None else errors.get(label)
+        ax.errorbar(range(len(taps)), values, yerr=spread, marker="o", capsize=3, label=label)
     ax.set_xticks(range(len(taps)), taps, rotation=90, fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
@@ -250,4 +260,100 @@ def learning_principle(
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7)
+    return figure
+
+
+def bars_with_errors(
+    bars: Sequence[tuple[str, float, float]], *, title: str, ylabel: str, ylim: float = 1.05
+) -> Figure:
+    """One bar per (label, value, error) with an error bar of ± error, the value written above.
+
+    NaN values (an undefined quantity) are drawn as an empty slot labelled "n/a".
+    """
+    figure, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(bars) + 1.5), 4.0))
+    positions = np.arange(len(bars))
+    values = np.array([v for _, v, _ in bars], dtype=float)
+    spreads = np.array([e for _, _, e in bars], dtype=float)
+    ax.bar(positions, np.nan_to_num(values), yerr=np.nan_to_num(spreads), capsize=4)
+    for x, value, spread in zip(positions, values, spreads, strict=True):
+        text = "n/a" if np.isnan(value) else f"{value:.3f}\n±{spread:.3f}"
+        ax.text(x, np.nan_to_num(value) + 0.02, text, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(positions, [label for label, _, _ in bars], rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(min(0.0, float(np.nanmin(values, initial=0.0))), ylim + 0.1)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=8)
+    return figure
+
+
+def similarity_matrices(
+    panels: Sequence[tuple[np.ndarray, np.ndarray | None, str]],
+    labels: Sequence[str],
+    *,
+    title: str,
+    row_label: str,
+    col_label: str,
+) -> Figure:
+    """Model×model matrices side by side on one 0–1 scale, each cell annotated.
+
+    Each panel is (values [k, k], spreads [k, k] or None, panel title); cell (i, j) shows the
+    value and, when spreads are given, "± spread". Rows are ``labels`` top to bottom, columns
+    left to right (the same models on both axes).
+    """
+    k = len(labels)
+    side = 1.2 + 0.9 * k
+    figure, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(side * len(panels) + 1.5, side + 1.0),
+        squeeze=False,
+        layout="constrained",
+    )
+    vmin, label = cka_scale(*(p[0] for p in panels))
+    image = None
+    for ax, (values, spreads, panel_title) in zip(axes[0], panels, strict=True):
+        image = ax.imshow(values, cmap=CKA_COLORMAP, vmin=vmin, vmax=1.0, interpolation="nearest")
+        for i in range(k):
+            for j in range(k):
+                text = f"{values[i, j]:.2f}"
+                if spreads is not None:
+                    text += f"\n±{spreads[i, j]:.2f}"
+                shade = "black" if values[i, j] > vmin + 0.6 * (1.0 - vmin) else "white"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=shade)
+        ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(k), labels, fontsize=7)
+        ax.set_xlabel(col_label, fontsize=8)
+        ax.set_ylabel(row_label, fontsize=8)
+        ax.set_title(panel_title, fontsize=8)
+    figure.colorbar(image, ax=list(axes[0]), label=label, shrink=0.8)
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def image_rows(rows: Mapping[str, np.ndarray], *, title: str) -> Figure:
+    """A grid of images: one row per label, images [k, c, h, w] in [0, 1] (1 or 3 channels).
+
+    Rows may hold different numbers of images; each row is labelled on its left.
+    """
+    columns = max((len(images) for images in rows.values()), default=0)
+    figure, axes = plt.subplots(
+        len(rows),
+        max(columns, 1),
+        figsize=(1.1 * max(columns, 1) + 1.6, 1.2 * len(rows) + 0.6),
+        squeeze=False,
+    )
+    for row, (label, images) in zip(axes, rows.items(), strict=True):
+        for column, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column >= len(images):
+                ax.axis("off")
+                continue
+            image = np.clip(np.asarray(images[column], dtype=float), 0.0, 1.0)
+            if image.shape[0] == 1:
+                ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                ax.imshow(np.transpose(image, (1, 2, 0)))
+        row[0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    figure.suptitle(title, fontsize=8)
     return figure

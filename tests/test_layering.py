@@ -35,6 +35,7 @@ LAYERS = {
         "reprlab.layerwise",
         "reprlab.taps",
         "reprlab.mi",
+        "reprlab.stir",
     },
     "files": {
         "reprlab.store",

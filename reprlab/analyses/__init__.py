@@ -28,6 +28,7 @@ RUNNERS = {
     "cka_epochs": "reprlab.analyses.cka_epochs",
     "vulnerability": "reprlab.analyses.vulnerability",
     "vulnerability_learn": "reprlab.analyses.vulnerability_learn",
+    "stir": "reprlab.analyses.stir",
 }
 
 
