@@ -194,22 +194,33 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
     """
     from hydra.errors import HydraException
 
+    from reprlab import launchers
     from reprlab.analyses import validate_run
 
     try:
         check_group_choices(overrides)
+        launcher = launchers.check_installed(launchers.chosen_launcher(overrides))
         jobs = job_overrides(overrides, multirun)
     except HydraException as err:
         raise ReprlabError(one_line(str(err))) from None
+    stores = []
     for job in jobs:
         try:
             cfg = compose_config(job, with_hydra=validate)
             if validate:
                 validate_run(cfg)
                 check_output_dirs(cfg, multirun)
+                stores.append(str(cfg.paths.store))
         except ReprlabError as err:
             prefix = f"in sweep job [{' '.join(job)}]: " if multirun and len(jobs) > 1 else ""
             raise ReprlabError(f"{prefix}{err}") from None
+    if validate and multirun:
+        launchers.check_cluster(launcher, stores, warn=warn)
+
+
+def warn(message: str) -> None:
+    """Print a warning as one line on stderr."""
+    print(f"reprlab: warning: {message}", file=sys.stderr)
 
 
 _EXTRAS_REGISTERED = False
@@ -239,6 +250,7 @@ def _hydra_task(cfg: Any) -> Any:
     from reprlab import sweeps
     from reprlab.execute import execute
 
+    _register_config_extras()  # a launcher plugin may run this job in a fresh process
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:

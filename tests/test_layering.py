@@ -17,7 +17,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "reprlab"
 # Layers from the top down; a module may import from its own layer and the layers below it,
 # except where FORBIDDEN says otherwise.
 LAYERS = {
-    "entry": {"reprlab.cli", "reprlab.execute", "reprlab.sweeps", "reprlab.__main__", "reprlab"},
+    "entry": {
+        "reprlab.cli",
+        "reprlab.execute",
+        "reprlab.sweeps",
+        "reprlab.launchers",
+        "reprlab.__main__",
+        "reprlab",
+    },
     "runners": {"reprlab.analyses"},  # the package: every runner and the shared runner modules
     "glue": {
         "reprlab.config",
@@ -41,6 +48,7 @@ LAYERS = {
         "reprlab.report",
         "reprlab.plots",
         "reprlab.atomic",
+        "reprlab.mounts",
     },
     "substrate": {"reprlab.models", "reprlab.data", "reprlab.runtime", "reprlab.errors"},
 }
