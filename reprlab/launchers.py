@@ -22,7 +22,6 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from reprlab.errors import ReprlabError
 from reprlab.mounts import lock_problem, store_mount
@@ -109,11 +108,17 @@ def check_cluster(
     mountinfo: str | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> None:
-    """Raise ReprlabError where a multi-node launcher cannot work from here: its store's lock
-    would not hold across nodes, or SLURM's ``sbatch`` is missing. A store on a filesystem only
+    """Raise ReprlabError where a multi-node launcher cannot work from here: SLURM's ``sbatch``
+    is missing, or its store's lock would not hold across nodes. A store on a filesystem only
     this machine sees is a warning (a one-node cluster shares it; other nodes would not)."""
     if launcher is None or not launcher.multi_node:
         return
+    if which("sbatch") is None:
+        raise ReprlabError(
+            f"hydra/launcher={launcher.name} submits with SLURM's sbatch, which is not on PATH "
+            "here: run the sweep from a cluster login node (on this machine use "
+            "hydra/launcher=submitit_local or hydra/launcher=joblib)"
+        )
     for store in dict.fromkeys(stores):
         mount = store_mount(store, mountinfo)
         if mount is None:
@@ -132,21 +137,3 @@ def check_cluster(
                 "machine sees: jobs on other nodes would not find its models; use a shared "
                 "filesystem for paths.store unless the cluster is this one machine"
             )
-    if which("sbatch") is None:
-        raise ReprlabError(
-            f"hydra/launcher={launcher.name} submits with SLURM's sbatch, which is not on PATH "
-            "here: run the sweep from a cluster login node (on this machine use "
-            "hydra/launcher=submitit_local or hydra/launcher=joblib)"
-        )
-
-
-def launcher_names() -> list[str]:
-    """Launcher names reprlab checks (plugins and presets)."""
-    return sorted({*LAUNCHERS, *SLURM_PRESETS})
-
-
-def preset_dir() -> Path:
-    """Where reprlab's launcher presets live (``conf/hydra/launcher``)."""
-    from reprlab.config import config_dir
-
-    return config_dir() / "hydra" / "launcher"

@@ -32,6 +32,7 @@ LAYERS = {
         "reprlab.context",
         "reprlab.training",
         "reprlab.importing",
+        "reprlab.ddp",
     },
     "computation": {
         "reprlab.attacks",
@@ -41,6 +42,7 @@ LAYERS = {
         "reprlab.similarity",
         "reprlab.layerwise",
         "reprlab.taps",
+        "reprlab.distributed",
     },
     "files": {
         "reprlab.store",
