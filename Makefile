@@ -30,6 +30,7 @@ data: $(MNIST)
 demo: setup data
 	$(BIN)/reprlab run -m experiment=demo model=cnn_small,cnn_small_at
 	$(BIN)/reprlab run experiment=demo_cka
+	$(BIN)/reprlab run -m hydra/launcher=joblib hydra.launcher.n_jobs=2 experiment=demo model=cnn_small,cnn_small_at seed=1
 
 test: setup
 	$(BIN)/python -m pytest

@@ -22,7 +22,6 @@ from reprlab import sweeps
 
 # Four jobs that need one model (model.seed is fixed; `seed` draws the evaluation sample).
 SWEEP = [
-    "-m",
     *FAST,
     "analysis=evaluate",
     "analysis.examples=200",
@@ -55,7 +54,7 @@ def test_parallel_launchers_train_once_and_match_the_sequential_summary(workdir:
     for name, launcher in LAUNCHERS.items():
         root = workdir / name
         root.mkdir()
-        result = run_reprlab("run", *launcher, *SWEEP, cwd=root, timeout=900)
+        result = run_reprlab("run", "-m", *launcher, *SWEEP, cwd=root, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         runs = records(root)
         assert len(runs) == 4 and {r["status"] for r in runs} == {"completed"}
