@@ -101,3 +101,18 @@ def test_failures_of_jobs_in_other_processes_reach_the_sweep(tmp_path: Path) -> 
     assert [r["run"] for r in rows] == ["0", "2"] and rows[0]["status"] == "failed"
     sweeps.FAILURES.clear()
     assert os.path.exists(sweep / "0" / sweeps.FAILURE_FILE)
+
+
+def test_the_sweep_directory_is_pinned_for_job_processes(tmp_path: Path) -> None:
+    """Each launcher process would re-resolve ${now:...} and the run id: the sweep directory
+    composed up front is handed to Hydra as a literal, unless the user set one."""
+    from reprlab.cli import pin_sweep_dir
+
+    args = ["-m", "seed=0,1"]
+    pinned = pin_sweep_dir(args, "outputs/runs/evaluate/x_sweep")
+    assert pinned[:2] == args
+    assert pinned[2] == f"hydra.sweep.dir='{Path.cwd() / 'outputs/runs/evaluate/x_sweep'}'"
+    mine = [*args, "hydra.sweep.dir=/tmp/mine"]
+    assert pin_sweep_dir(mine, "elsewhere") == mine
+    assert pin_sweep_dir(args, None) == args
+    assert pin_sweep_dir(args, "/tmp/it's") == args  # would need Hydra's escapes
