@@ -394,12 +394,19 @@ def validate(cfg: DictConfig) -> None:
 
 def check_trainer(trainer: TrainerSpec, device: Any, cfg: DictConfig) -> None:
     """Raise ReprlabError unless the ``trainer`` settings can run on ``device`` here: the speed
-    switches (:func:`reprlab.runtime.resolve_speed`), ``trainer.devices`` against the devices
-    present, and every trained recipe's batch size splitting evenly over them."""
+    switches (:func:`reprlab.runtime.resolve_speed`), SyncBatchNorm (CUDA only), that many
+    devices present, and every trained recipe's batch size splitting evenly over them."""
     from reprlab.distributed import check_devices
     from reprlab.runtime import resolve_speed
 
     resolve_speed(trainer.bf16, trainer.channels_last, trainer.compile, device)
+    if trainer.devices < 1:
+        raise ReprlabError(f"trainer.devices={trainer.devices} is invalid: it must be >= 1")
+    if trainer.sync_batchnorm and trainer.devices > 1 and device.type != "cuda":
+        raise ReprlabError(
+            "trainer.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm does not run on the "
+            "CPU); use trainer.sync_batchnorm=false with device=cpu"
+        )
     check_devices(trainer.devices, device)
     if trainer.devices > 1:
         for where in ("model", "ref"):

@@ -45,6 +45,7 @@ def refused(cwd: Path, monkeypatch, capsys, *args: str) -> str:
         (["trainer.devices=4096"], "trainer.devices=4096 is more than this machine has"),
         (["trainer.devices=0"], "trainer.devices=0 is invalid"),
         (["trainer.devices=2", "model.train.batch_size=33"], "does not split over trainer."),
+        (["trainer.devices=2", "trainer.sync_batchnorm=true"], "sync_batchnorm=true needs CUDA"),
         (["trainer.bf16=on"], "trainer.bf16=on needs a CUDA device"),
         (["trainer.channels_last=on"], "trainer.channels_last=on needs a CUDA device"),
         (["trainer.compile=sometimes"], "trainer.compile='sometimes' is invalid"),
