@@ -146,3 +146,23 @@ def test_slurm_warns_about_a_local_store() -> None:
     assert len(warnings) == 1 and "only this machine sees" in warnings[0]
     # local launchers share this machine's store: nothing to check
     launchers.check_cluster(launchers.LAUNCHERS["joblib"], ["/scratch/x"], mountinfo=MOUNTINFO)
+
+
+def test_trainer_settings_never_change_a_model_store_key() -> None:
+    """Speed switches and data parallelism change how a model is trained, not what it is."""
+    from reprlab.cli import compose_config
+    from reprlab.config import dataset_spec, recipe
+    from reprlab.recipes import model_identity
+    from reprlab.store import store_key
+
+    def key(*overrides: str) -> str:
+        cfg = compose_config([*BASE, *overrides])
+        return store_key(model_identity(recipe(cfg.model), dataset_spec(cfg.dataset)))
+
+    plain = key()
+    for overrides in (
+        ["trainer.devices=4", "trainer.sync_batchnorm=true"],
+        ["trainer.bf16=off", "trainer.channels_last=on", "trainer.compile=auto"],
+    ):
+        assert key(*overrides) == plain
+    assert key("model.train.batch_size=64") != plain  # the key does see the recipe
