@@ -156,6 +156,17 @@ class PathsSpec:
 
 
 @dataclass
+class TrainerSpec:
+    """How models are trained on this machine (``trainer.*``): never part of a store key."""
+
+    devices: int
+    sync_batchnorm: bool
+    bf16: str
+    channels_last: str
+    compile: str
+
+
+@dataclass
 class RunSettings:
     """The top-level settings of every run (conf/config.yaml documents them)."""
 
@@ -165,6 +176,7 @@ class RunSettings:
     num_workers: int
     monitor: MonitorSpec
     paths: PathsSpec
+    trainer: TrainerSpec
 
 
 @dataclass
@@ -425,7 +437,7 @@ def validate(cfg: DictConfig) -> None:
             "attack.targeted=true is invalid: reprlab's analyses measure and craft untargeted "
             "attacks (there are no target labels to aim at); use attack.targeted=false"
         )
-    resolve_device(settings.device)
+    check_trainer(settings.trainer, resolve_device(settings.device), cfg)
     analysis = cfg.get("analysis")
     if not isinstance(analysis, DictConfig) or "name" not in analysis:
         raise ReprlabError("no analysis chosen; pick one, e.g. analysis=evaluate")
@@ -435,6 +447,34 @@ def validate(cfg: DictConfig) -> None:
         raise ReprlabError(f"analysis.name: {str(err).splitlines()[0]}") from None
     if not isinstance(name, str):
         raise ReprlabError(f"analysis.name={_show(name)} is invalid: name an analysis")
+
+
+def check_trainer(trainer: TrainerSpec, device: Any, cfg: DictConfig) -> None:
+    """Raise ReprlabError unless the ``trainer`` settings can run on ``device`` here: the speed
+    switches (:func:`reprlab.runtime.resolve_speed`), SyncBatchNorm (CUDA only), that many
+    devices present, and every trained recipe's batch size splitting evenly over them."""
+    from reprlab.distributed import check_devices
+    from reprlab.runtime import resolve_speed
+
+    resolve_speed(trainer.bf16, trainer.channels_last, trainer.compile, device)
+    if trainer.devices < 1:
+        raise ReprlabError(f"trainer.devices={trainer.devices} is invalid: it must be >= 1")
+    if trainer.sync_batchnorm and trainer.devices > 1 and device.type != "cuda":
+        raise ReprlabError(
+            "trainer.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm does not run on the "
+            "CPU); use trainer.sync_batchnorm=false with device=cpu"
+        )
+    check_devices(trainer.devices, device)
+    if trainer.devices > 1:
+        for where in ("model", "ref"):
+            if cfg.get(where) is None:
+                continue
+            batch = int(cfg[where].train.batch_size)
+            if batch % trainer.devices:
+                raise ReprlabError(
+                    f"{where}.train.batch_size={batch} does not split over trainer.devices="
+                    f"{trainer.devices}: the recipe's batch is the global one; pick a multiple"
+                )
 
 
 def check_data(cfg: DictConfig) -> None:

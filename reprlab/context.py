@@ -30,10 +30,10 @@ from reprlab.errors import ReprlabError
 from reprlab.models import Classifier
 from reprlab.recipes import build_for, make_attack, model_identity, monitor_attack
 from reprlab.runs import RunDirectory
-from reprlab.runtime import resolve_device, seeded_generator
+from reprlab.runtime import resolve_device, resolve_speed, seeded_generator
 from reprlab.store import ArtifactStore, Payload, StoredArtifact, TrainingFiles, store_key
 from reprlab.train import EpochBatches
-from reprlab.training import Monitor, train_recipe
+from reprlab.training import Monitor, Trainer, train_recipe
 
 log = logging.getLogger("reprlab")
 
@@ -108,6 +108,12 @@ class RunContext:
         self.progress = bool(cfg.progress)
         self.seed = int(cfg.seed)
         self.num_workers = int(cfg.num_workers)
+        t = cfg.trainer
+        self.trainer = Trainer(
+            devices=int(t.devices),
+            sync_batchnorm=bool(t.sync_batchnorm),
+            speed=resolve_speed(t.bf16, t.channels_last, t.compile, self.device),
+        )
 
     # --- models --------------------------------------------------------------------------
 
@@ -214,6 +220,7 @@ class RunContext:
             ),
             num_workers=self.num_workers,
             progress=self.progress,
+            trainer=self.trainer,
         )
 
     # --- other artifacts -----------------------------------------------------------------

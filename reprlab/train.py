@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reprlab import distributed
 from reprlab.attacks import PGD
 from reprlab.fit import (
     EpochBatches,
@@ -48,11 +49,16 @@ class TrainSettings(FitSettings):
     ``adversary`` None means standard training; otherwise every batch is replaced by its PGD
     adversarial examples (computed with the adversary's ``model_mode``, eval for recipes, and its
     last or best iterate as it says; recipes use the last, as Madry et al.). ``channels_last``:
-    channels_last memory format on CUDA.
+    channels_last memory format on CUDA. ``compile``: the model's forward through
+    ``torch.compile`` (for the adversary's passes and the training step). ``sync_batchnorm``:
+    under data parallelism, BatchNorm statistics over the global batch (SyncBatchNorm) instead
+    of each rank's shard. None of these change what is learned beyond float rounding.
     """
 
     adversary: PGD | None = None
     channels_last: bool = True
+    compile: bool = False
+    sync_batchnorm: bool = False
 
 
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
@@ -80,6 +86,8 @@ def train_classifier(
     ----------
     loader:
         Yields (x [b,c,h,w] float in [0,1] on ``device``, y [b] int64) for each epoch number.
+        Under an initialised process group of several ranks (:mod:`reprlab.distributed`) these
+        are the global batches: each rank trains on its shard through DDP.
     evaluate:
         ``evaluate(model, epoch)`` -> metrics merged into the epoch's record (e.g. held-out clean
         and PGD accuracy). Called with the model in eval mode; train mode is restored after.
@@ -99,6 +107,15 @@ def train_classifier(
     channels_last = settings.channels_last and device.type == "cuda"
     memory_format = torch.channels_last if channels_last else None
     adversary = settings.adversary
+    # The adversary attacks the replica itself (its backward must not sync gradients); the
+    # training step goes through DDP when several ranks train.
+    attacked: nn.Module = torch.compile(model) if settings.compile else model
+    trained: nn.Module = attacked
+    if distributed.active():
+        trained = distributed.wrap(model, device, settings.sync_batchnorm)
+        if settings.compile:
+            trained = torch.compile(trained)
+        loader = distributed.ShardedBatches(loader, distributed.rank(), distributed.world_size())
 
     def step(
         batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
@@ -107,8 +124,8 @@ def train_classifier(
         if memory_format is not None:
             x = x.contiguous(memory_format=memory_format)
         if adversary is not None:
-            x = adversary(model, x, y, generator=generator)
-        logits = model(x)
+            x = adversary(attacked, x, y, generator=generator)
+        logits = trained(x)
         loss = F.cross_entropy(logits, y)
         return loss, {"acc": (logits.detach().argmax(1) == y).sum()}
 
