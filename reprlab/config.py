@@ -20,7 +20,7 @@ from reprlab.fit import OPTIMIZERS, SCHEDULES
 from reprlab.optimize import NORMS
 from reprlab.runtime import MODES as MODEL_MODES
 
-GROUPS = ("dataset", "model", "attack", "analysis", "ref", "experiment")
+GROUPS = ("dataset", "model", "attack", "analysis", "ref", "pair", "experiment")
 """Config groups a user picks options from; ``ref`` offers the same options as ``model``."""
 
 
@@ -89,6 +89,7 @@ class ModelRecipe:
     train: TrainSpec
     adversary: AdversarySpec | None
     snapshot_epochs: list[int] = field(default_factory=list)
+    dataset: str | None = None  # its own training dataset (cross-task analyses); None: the run's
 
 
 @dataclass
@@ -156,6 +157,10 @@ def recipe(node: Any, where: str = "model") -> ModelRecipe:
         raise ReprlabError(
             f"{where}.snapshot_epochs has {bad} outside 1..{t.epochs} (model.train.epochs)"
         )
+    if spec.dataset is not None:
+        from reprlab.data import available_datasets
+
+        check_choice(f"{where}.dataset", spec.dataset, tuple(available_datasets()))
     if spec.adversary is not None:
         a = spec.adversary
         check_choice(f"{where}.adversary.norm", a.norm, NORMS)
@@ -194,6 +199,35 @@ def dataset_spec(node: Any) -> DatasetSpec:
     return spec
 
 
+def recipe_dataset(spec: ModelRecipe, run: DatasetSpec) -> DatasetSpec:
+    """The dataset recipe ``spec`` is trained on: the run's ``run``, unless the recipe names its
+    own (``model.dataset=fashion_mnist``, for cross-task analyses).
+
+    A recipe's own dataset is read from ``conf/dataset/<name>.yaml`` (its customary radii, the
+    whole training split) with the run's data root.
+    """
+    if spec.dataset is None or spec.dataset == run.name:
+        return run
+    node = OmegaConf.load(config_dir() / "dataset" / f"{spec.dataset}.yaml")
+    node.root = run.root
+    return dataset_spec(node)
+
+
+def check_recipe_dataset(spec: ModelRecipe, run: DatasetSpec, where: str) -> None:
+    """Raise ReprlabError unless a recipe's own dataset has the run's input shape."""
+    from reprlab.data import dataset_info
+
+    own, theirs = dataset_info(recipe_dataset(spec, run).name), dataset_info(run.name)
+    shape = (own.channels, own.image_size)
+    if shape != (theirs.channels, theirs.image_size):
+        raise ReprlabError(
+            f"{where}.dataset={own.name} has {own.channels}x{own.image_size}x{own.image_size} "
+            f"images but the run's dataset {theirs.name} has "
+            f"{theirs.channels}x{theirs.image_size}x{theirs.image_size}; a recipe's own dataset "
+            "must have the run's input shape"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Check what every run shares; raise ReprlabError (one line) on the first problem found.
 
@@ -204,11 +238,12 @@ def validate(cfg: DictConfig) -> None:
     from reprlab.models import available_archs
     from reprlab.runtime import resolve_device
 
-    dataset_spec(cfg.get("dataset"))
+    run = dataset_spec(cfg.get("dataset"))
     for where in ("model", "ref"):
         if cfg.get(where) is not None:
             spec = recipe(cfg[where], where)
             check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
+            check_recipe_dataset(spec, run, where)
     attack_spec(cfg.get("attack"))
     resolve_device(str(cfg.device))
     analysis = cfg.get("analysis")
@@ -217,11 +252,17 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_data(cfg: DictConfig) -> None:
-    """Raise ReprlabError (one line, with the remedy) unless the dataset's files are on disk."""
+    """Raise ReprlabError (one line, with the remedy) unless the dataset's files are on disk,
+    and those of a recipe's own training dataset."""
     from reprlab.data import check_available
 
     dataset = dataset_spec(cfg.get("dataset"))
     check_available(dataset.name, dataset.root)
+    for where in ("model", "ref"):
+        if cfg.get(where) is not None:
+            own = recipe_dataset(recipe(cfg[where], where), dataset)
+            if own is not dataset:
+                check_available(own.name, own.root)
 
 
 # --- checks --------------------------------------------------------------------------------

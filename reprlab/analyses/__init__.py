@@ -26,6 +26,7 @@ RUNNERS = {
     "cka": "reprlab.analyses.cka",
     "cka_panels": "reprlab.analyses.cka_panels",
     "cka_epochs": "reprlab.analyses.cka_epochs",
+    "stitching": "reprlab.analyses.stitching",
 }
 
 
