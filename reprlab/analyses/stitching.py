@@ -31,6 +31,7 @@ from reprlab.config import (
     check_choice,
     check_non_negative,
     check_positive,
+    check_radius,
     dataset_spec,
     recipe,
     recipe_dataset,
@@ -105,6 +106,8 @@ def settings(cfg: DictConfig) -> Settings:
     check_choice("analysis.optimizer", s.optimizer, OPTIMIZERS)
     check_positive("analysis.lr", s.lr)
     check_non_negative("analysis.weight_decay", s.weight_decay)
+    check_non_negative("analysis.momentum", s.momentum)
+    check_positive("analysis.gamma", s.gamma)
     check_choice("analysis.schedule", s.schedule, SCHEDULES)
     if not all(0 < m < 1 for m in s.milestones):
         raise ReprlabError(
@@ -112,6 +115,11 @@ def settings(cfg: DictConfig) -> Settings:
         )
     if s.train_examples is not None:
         check_positive("analysis.train_examples", s.train_examples)
+        if s.epochs > 0 and s.train_examples < s.batch_size:
+            raise ReprlabError(
+                f"analysis.train_examples={s.train_examples} is under analysis.batch_size="
+                f"{s.batch_size}: no full training batch; raise it or lower the batch size"
+            )
     check_choice("analysis.frozen_bn", s.frozen_bn, FROZEN_BN_MODES)
     if not 0.0 <= s.alpha <= 1.0:
         raise ReprlabError(
@@ -119,7 +127,9 @@ def settings(cfg: DictConfig) -> Settings:
             "adversarial examples must be in [0, 1]"
         )
     check_choice("analysis.adversary.norm", s.adversary.norm, NORMS)
-    check_non_negative("analysis.adversary.eps", s.adversary.eps)
+    check_radius(
+        "analysis.adversary.eps", s.adversary.eps, s.adversary.norm, dataset_info(cfg.dataset.name)
+    )
     check_positive("analysis.adversary.step_size", s.adversary.step_size)
     check_positive("analysis.adversary.steps", s.adversary.steps)
     check_positive("analysis.ls_examples", s.ls_examples)
@@ -161,6 +171,8 @@ def _block_taps(where: str, model: Classifier, names: list[str]) -> list[str]:
 
 
 def _tap_list(s: Settings, where: str, model: Classifier) -> list[str]:
+    if not isinstance(s.taps, (str, list, tuple)):
+        raise ReprlabError(f"analysis.taps={s.taps} is invalid: use blocks or a list of taps")
     if isinstance(s.taps, str):
         if s.taps != "blocks":
             raise ReprlabError(f"analysis.taps={s.taps} is invalid: use blocks or a list of taps")
@@ -182,6 +194,10 @@ def stitch_points(s: Settings, front: Classifier, end: Classifier) -> list[Stitc
     shapes_front = {t.name: t.shape for t in front.probe().taps}
     shapes_end = {t.name: t.shape for t in end.probe().taps}
     pairs: list[tuple[str, str]]
+    if not isinstance(s.pairs, (str, list, tuple)):
+        raise ReprlabError(
+            f"analysis.pairs={s.pairs} is invalid: use same, matrix or [[front tap, end tap], ...]"
+        )
     if isinstance(s.pairs, str):
         check_choice("analysis.pairs", s.pairs, PAIRINGS)
         front_taps = _tap_list(s, "model", front)
@@ -203,7 +219,7 @@ def stitch_points(s: Settings, front: Classifier, end: Classifier) -> list[Stitc
     else:
         pairs = []
         for pair in s.pairs:
-            items = [str(t) for t in pair] if not isinstance(pair, str) else [pair]
+            items = [str(t) for t in pair] if isinstance(pair, (list, tuple)) else [str(pair)]
             if len(items) != 2:
                 raise ReprlabError(
                     f"analysis.pairs entry {items} is invalid: give [front tap, end tap] pairs"

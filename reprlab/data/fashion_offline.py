@@ -54,7 +54,8 @@ _AR_HEADER = 60
 
 
 def raw_folder(root: str | Path) -> Path:
-    """Where torchvision's ``FashionMNIST(root)`` reads its idx files: ``<root>/FashionMNIST/raw``."""
+    """Where torchvision's ``FashionMNIST(root)`` reads its idx files:
+    ``<root>/FashionMNIST/raw``."""
     return Path(root) / "FashionMNIST" / "raw"
 
 
@@ -133,7 +134,7 @@ def _gz_members_via_python(deb: Path) -> dict[str, bytes] | None:
         if not name.startswith("data.tar"):
             continue
         try:
-            archive = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
+            archive = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")  # noqa: SIM115
         except tarfile.ReadError:
             return None
         with archive:
@@ -150,7 +151,9 @@ def _gz_members_via_python(deb: Path) -> dict[str, bytes] | None:
 
 def _gz_members_via_dpkg(deb: Path, workdir: Path) -> dict[str, bytes]:
     if shutil.which("dpkg-deb") is None:
-        raise ReprlabError(f"cannot unpack {deb.name}: Python cannot read it and dpkg-deb is absent")
+        raise ReprlabError(
+            f"cannot unpack {deb.name}: Python cannot read it and dpkg-deb is absent"
+        )
     target = workdir / "unpacked"
     subprocess.run(["dpkg-deb", "-x", str(deb), str(target)], check=True, capture_output=True)
     return {p.name: p.read_bytes() for p in sorted((target / DEB_FOLDER).glob("*.gz"))}
