@@ -30,6 +30,7 @@ data: $(MNIST)
 demo: setup data
 	$(BIN)/reprlab run -m experiment=demo model=cnn_small,cnn_small_at
 	$(BIN)/reprlab run experiment=demo_cka
+	$(BIN)/reprlab run -m experiment=stitching_demo pair=demo_std_rob,demo_rob_std analysis.examples=300
 
 test: setup
 	$(BIN)/python -m pytest
@@ -45,6 +46,7 @@ bench: setup
 	$(BIN)/python scripts/bench_attack.py
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_cka.py
+	$(BIN)/python scripts/bench_stitch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
