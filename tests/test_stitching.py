@@ -191,6 +191,29 @@ def test_training_all_points_at_once_equals_training_each_alone(kind, frozen_bn)
     assert all(torch.equal(v, end.state_dict()[k]) for k, v in before.items()), "donor changed"
 
 
+def test_robust_stitch_training_at_once_equals_each_alone():
+    front, end = make("cnn_small", 0), make("cnn_small", 1)
+    x, y = tensors("train", limit=64)
+    loader = TensorLoader(x, y, batch_size=32, shuffle=True, seed=0)
+    points = [st.StitchPoint(t, t, t) for t in front.block_taps]
+    sizes = shapes(front)
+    stitches = {p.name: st.make_stitch(sizes[p.name], sizes[p.name]) for p in points}
+    alone = copy.deepcopy(stitches)
+    adversary = PGD(norm="linf", eps=0.1, step_size=0.05, steps=2, random_start=True)
+    settings = FitSettings(epochs=1, optimizer="adam", lr=1e-2, weight_decay=0)
+    common = {"device": CPU, "adversary": adversary, "alpha": 0.5, "progress": False}
+    st.train_stitches(front, end, points, stitches, loader, settings, **common)
+    for p in points:
+        st.train_stitches(front, end, [p], {p.name: alone[p.name]}, loader, settings, **common)
+        for key, value in stitches[p.name].state_dict().items():
+            torch.testing.assert_close(value, alone[p.name].state_dict()[key], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(stitches[p.name].weight, make_initial(sizes, p.name)), "it trained"
+
+
+def make_initial(sizes, name):
+    return st.make_stitch(sizes[name], sizes[name]).weight
+
+
 def test_a_trained_stitch_beats_a_random_one_and_nears_the_end_model(trained_pair):
     front, end = trained_pair
     x, y = tensors("train")

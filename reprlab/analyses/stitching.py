@@ -588,7 +588,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     table = pd.DataFrame(rows)
     ctx.run.write_csv("stitching", table)
 
-    threat = f"PGD-{attack.steps} {attack.norm} ε={attack.eps:.4g}"
+    threat = _describe_attack(attack)
     front_label = front.label + (f" ({front.dataset.name})" if cross_task else "")
     training = (
         f"{s.stitch} stitch, init {s.init}, "
@@ -644,6 +644,18 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     }
     ctx.run.write_json("stitching", summary)
     return summary
+
+
+def _describe_attack(attack: Any) -> str:
+    """E.g. ``PGD-10 linf ε=0.2``; another attack by its class name and what it declares."""
+    name = type(attack).__name__
+    steps = getattr(attack, "steps", None)
+    label = f"{name}-{steps}" if steps is not None else name
+    norm, eps = getattr(attack, "norm", None), getattr(attack, "eps", None)
+    parts = [label, *([norm] if norm else [])]
+    if isinstance(eps, (int, float)):
+        parts.append(f"ε={eps:.4g}")
+    return " ".join(parts)
 
 
 def _ratio(value: float, reference: float) -> float:
