@@ -83,7 +83,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    one_batch = TensorLoader(x[: args.batch_size], y[: args.batch_size], args.batch_size,
+    one_batch = TensorLoader(x[: args.batch_size], y[: args.batch_size], batch_size=args.batch_size,
                              shuffle=False, seed=0, device=device)  # fmt: skip
     flops = {}
     for name, fn in (("joint", joint), ("one at a time", one_at_a_time)):

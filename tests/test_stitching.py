@@ -332,3 +332,31 @@ def test_bad_stitching_input_exits_2_as_a_process(tmp_path):
     (line,) = result.stderr.splitlines()
     assert line.startswith("reprlab: error:") and message in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "pair",
+    ["demo_std_rob", "demo_rob_std", "demo_fashion_rob", "cifar_std_rob", "cifar_rob_rob"],
+)
+def test_stitching_experiments_compose_and_validate(pair):
+    from reprlab.analyses.stitching import settings, stitch_points
+    from reprlab.cli import compose_config
+    from reprlab.config import recipe, recipe_dataset
+
+    experiment = "stitching_cifar10" if pair.startswith("cifar") else "stitching_demo"
+    cfg = compose_config([f"experiment={experiment}", f"pair={pair}"])
+    s = settings(cfg)
+    front, end = recipe(cfg.model, "model"), recipe(cfg.ref, "ref")
+    assert (front.dataset == "fashion_mnist") == (pair == "demo_fashion_rob")
+    expected = "cifar10" if pair.startswith("cifar") else "mnist"
+    assert recipe_dataset(end, _run_dataset(cfg)).name == cfg.dataset.name == expected
+    if pair == "cifar_rob_rob":
+        assert front.name == end.name == "resnet18_at" and (front.seed, end.seed) == (0, 1)
+        points = stitch_points(s, make("resnet18"), make("resnet18"))
+        assert [p.name for p in points][:2] == ["stem", "layer1.0"] and len(points) == 11
+
+
+def _run_dataset(cfg):
+    from reprlab.config import dataset_spec
+
+    return dataset_spec(cfg.dataset)
