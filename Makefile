@@ -32,6 +32,7 @@ demo: setup data
 	$(BIN)/reprlab run experiment=demo_cka
 	$(BIN)/reprlab run experiment=vulnerability_demo analysis.train_examples=1000 analysis.critic_epochs=2 analysis.search_steps=3
 	$(BIN)/reprlab run experiment=stir_demo analysis.models=null ref=cnn_small_at analysis.examples=100 analysis.repeats=2
+	$(BIN)/reprlab run -m experiment=stitching_demo pair=demo_std_rob,demo_rob_std analysis.examples=300
 
 test: setup
 	$(BIN)/python -m pytest
@@ -48,6 +49,7 @@ bench: setup
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_cka.py
 	$(BIN)/python scripts/bench_vulnerability.py
+	$(BIN)/python scripts/bench_stitch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

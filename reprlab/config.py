@@ -22,7 +22,7 @@ from reprlab.fit import OPTIMIZERS, SCHEDULES
 from reprlab.optimize import NORMS
 from reprlab.runtime import MODES as MODEL_MODES
 
-GROUPS = ("dataset", "model", "attack", "analysis", "ref", "experiment")
+GROUPS = ("dataset", "model", "attack", "analysis", "ref", "pair", "experiment")
 """Config groups a user picks options from; ``ref`` offers the same options as ``model``."""
 
 MAX_SEED = 2**32 - 1
@@ -124,6 +124,7 @@ class ModelRecipe:
     train: TrainSpec
     adversary: AdversarySpec | None
     snapshot_epochs: list[int] = field(default_factory=list)
+    dataset: str | None = None  # its own training dataset (cross-task analyses); None: the run's
 
 
 @dataclass
@@ -253,6 +254,10 @@ def recipe(node: Any, where: str = "model") -> ModelRecipe:
         raise ReprlabError(
             f"{where}.snapshot_epochs has {bad} outside 1..{t.epochs} ({where}.train.epochs)"
         )
+    if spec.dataset is not None:
+        from reprlab.data import available_datasets
+
+        check_choice(f"{where}.dataset", spec.dataset, tuple(available_datasets()))
     if spec.adversary is not None:
         a = spec.adversary
         check_choice(f"{where}.adversary.norm", a.norm, NORMS)
@@ -337,6 +342,35 @@ def dataset_spec(node: Any) -> DatasetSpec:
     return spec
 
 
+def recipe_dataset(spec: ModelRecipe, run: DatasetSpec) -> DatasetSpec:
+    """The dataset recipe ``spec`` is trained on: the run's ``run``, unless the recipe names its
+    own (``model.dataset=fashion_mnist``, for cross-task analyses).
+
+    A recipe's own dataset is read from ``conf/dataset/<name>.yaml`` (its customary radii, the
+    whole training split) with the run's data root.
+    """
+    if spec.dataset is None or spec.dataset == run.name:
+        return run
+    node = OmegaConf.load(config_dir() / "dataset" / f"{spec.dataset}.yaml")
+    node.root = run.root
+    return dataset_spec(node)
+
+
+def check_recipe_dataset(spec: ModelRecipe, run: DatasetSpec, where: str) -> None:
+    """Raise ReprlabError unless a recipe's own dataset has the run's input shape."""
+    from reprlab.data import dataset_info
+
+    own, theirs = dataset_info(recipe_dataset(spec, run).name), dataset_info(run.name)
+    shape = (own.channels, own.image_size)
+    if shape != (theirs.channels, theirs.image_size):
+        raise ReprlabError(
+            f"{where}.dataset={own.name} has {own.channels}x{own.image_size}x{own.image_size} "
+            f"images but the run's dataset {theirs.name} has "
+            f"{theirs.channels}x{theirs.image_size}x{theirs.image_size}; a recipe's own dataset "
+            "must have the run's input shape"
+        )
+
+
 def run_settings(cfg: DictConfig) -> RunSettings:
     """The validated top-level :class:`RunSettings` of a composed run config."""
     from dataclasses import fields
@@ -395,6 +429,7 @@ def check_recipe_for(spec: ModelRecipe, where: str, dataset: DatasetSpec) -> Non
     if dataset.train_limit is not None:
         available = min(available or dataset.train_limit, dataset.train_limit)
     check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
+    check_recipe_dataset(spec, dataset, where)
     if spec.adversary is not None:
         check_radius(f"{where}.adversary.eps", spec.adversary.eps, spec.adversary.norm, info)
     if available is not None and spec.train.batch_size > available:
@@ -412,15 +447,12 @@ def validate(cfg: DictConfig) -> None:
     analysis's own parameters are its runner's schema and the dataset's files are checked by
     :func:`check_data`; :func:`reprlab.analyses.validate_run` calls all three.
     """
-    from reprlab.data import dataset_info, train_size
+    from reprlab.data import dataset_info
     from reprlab.runtime import resolve_device
 
     settings = run_settings(cfg)
     dataset = dataset_spec(cfg.get("dataset"))
     info = dataset_info(dataset.name)
-    available = train_size(dataset.name)
-    if dataset.train_limit is not None:
-        available = min(available or dataset.train_limit, dataset.train_limit)
     if cfg.get("model") is None:
         raise ReprlabError(
             f"no model chosen; every analysis needs one: add model=<recipe> "
@@ -478,11 +510,17 @@ def check_trainer(trainer: TrainerSpec, device: Any, cfg: DictConfig) -> None:
 
 
 def check_data(cfg: DictConfig) -> None:
-    """Raise ReprlabError (one line, with the remedy) unless the dataset's files are on disk."""
+    """Raise ReprlabError (one line, with the remedy) unless the dataset's files are on disk,
+    and those of a recipe's own training dataset."""
     from reprlab.data import check_available
 
     dataset = dataset_spec(cfg.get("dataset"))
     check_available(dataset.name, dataset.root)
+    for where in ("model", "ref"):
+        if cfg.get(where) is not None:
+            own = recipe_dataset(recipe(cfg[where], where), dataset)
+            if own is not dataset:
+                check_available(own.name, own.root)
 
 
 # --- checks --------------------------------------------------------------------------------

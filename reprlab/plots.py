@@ -326,6 +326,72 @@ def similarity_matrices(
         ax.set_ylabel(row_label, fontsize=8)
         ax.set_title(panel_title, fontsize=8)
     figure.colorbar(image, ax=list(axes[0]), label=label, shrink=0.8)
+
+
+def stitching_curves(
+    points: Sequence[str],
+    *,
+    clean: Sequence[float],
+    robust: Sequence[float],
+    ls_clean: Sequence[float],
+    ls_robust: Sequence[float],
+    relative: Sequence[float],
+    ls_relative: Sequence[float],
+    front: tuple[float, float],
+    end: tuple[float, float],
+    front_label: str,
+    end_label: str,
+    title: str,
+) -> Figure:
+    """The model-stitching figure of Balogh & Jelasity 2023, with a relative-accuracy panel.
+
+    Left: per stitch point (x, forward order), the stitched model's clean and robust accuracy
+    (%) as solid curves, the untrained least-squares stitch's dashed, the front and end models'
+    own clean and robust accuracy as horizontal lines. Right: relative accuracy (stitched clean
+    accuracy / end model's), trained and least squares. Accuracies are fractions in [0, 1].
+    """
+    x = np.arange(len(points))
+    figure, (ax, rel_ax) = plt.subplots(
+        1, 2, figsize=(max(9.0, 0.55 * len(points) + 6), 5.2), layout="constrained"
+    )
+    colours = {"clean": "C0", "robust": "C3"}
+    for what, trained, direct in (("clean", clean, ls_clean), ("robust", robust, ls_robust)):
+        colour = colours[what]
+        ax.plot(x, 100 * np.asarray(trained), marker="o", color=colour, label=f"stitched, {what}")
+        ax.plot(
+            x,
+            100 * np.asarray(direct),
+            marker="s",
+            markersize=4,
+            linestyle="--",
+            color=colour,
+            alpha=0.8,
+            label=f"least squares (untrained), {what}",
+        )
+    for (name, (base_clean, base_robust)), style in zip(
+        ((front_label, front), (end_label, end)), (":", "-."), strict=True
+    ):
+        ax.axhline(100 * base_clean, color=colours["clean"], linestyle=style, linewidth=1,
+                   label=f"{name}, clean")  # fmt: skip
+        ax.axhline(100 * base_robust, color=colours["robust"], linestyle=style, linewidth=1,
+                   label=f"{name}, robust")  # fmt: skip
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xlabel("stitch point (front tap → end tap)")
+    ax.set_xticks(x, points, rotation=45, ha="right", fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
+    rel_ax.plot(x, relative, marker="o", color="C0", label="stitched")
+    rel_ax.plot(x, ls_relative, marker="s", markersize=4, linestyle="--", color="C0",
+                alpha=0.8, label="least squares (untrained)")  # fmt: skip
+    rel_ax.axhline(1.0, color="grey", linewidth=1)
+    top = max([1.05, *(v for v in [*relative, *ls_relative] if np.isfinite(v))])
+    rel_ax.set_ylim(0, top + 0.02)
+    rel_ax.set_ylabel(f"relative accuracy (clean, / {end_label})")
+    rel_ax.set_xlabel("stitch point (front tap → end tap)")
+    rel_ax.set_xticks(x, points, rotation=45, ha="right", fontsize=7)
+    rel_ax.grid(alpha=0.3)
+    rel_ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
     figure.suptitle(title, fontsize=9)
     return figure
 
@@ -356,4 +422,42 @@ def image_rows(rows: Mapping[str, np.ndarray], *, title: str) -> Figure:
                 ax.imshow(np.transpose(image, (1, 2, 0)))
         row[0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     figure.suptitle(title, fontsize=8)
+
+
+def stitching_matrix(
+    panels: Sequence[tuple[np.ndarray, str]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    *,
+    row_model: str,
+    col_model: str,
+    title: str,
+) -> Figure:
+    """Heatmaps of stitched accuracy over (front tap, end tap) pairs, one per ``(matrix,
+    panel title)``: rows are the front model's taps (y), columns the end model's (x), values
+    fractions in [0, 1] drawn as %, NaN (grey, blank) where the shapes cannot be stitched."""
+    side = min(8.0, 2.5 + 0.35 * max(len(rows), len(cols)))
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(side * len(panels) + 1.5, side + 0.8), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("lightgrey")
+    image = None
+    for ax, (matrix, panel_title) in zip(axes[0], panels, strict=True):
+        values = 100 * np.asarray(matrix, dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(values), origin="lower", cmap=cmap, vmin=0,
+                          vmax=100, aspect="auto", interpolation="nearest")  # fmt: skip
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                if np.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if values[i, j] < 60 else "black")  # fmt: skip
+        ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set_xlabel(f"{col_model} (end) tap", fontsize=8)
+        ax.set_ylabel(f"{row_model} (front) tap", fontsize=8)
+        ax.set_title(panel_title, fontsize=8)
+    figure.colorbar(image, ax=list(axes[0]), label="accuracy (%)", shrink=0.8)
+    figure.suptitle(title, fontsize=9)
     return figure

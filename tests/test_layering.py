@@ -45,6 +45,7 @@ LAYERS = {
         "reprlab.mi",
         "reprlab.stir",
         "reprlab.distributed",
+        "reprlab.stitching",
     },
     "files": {
         "reprlab.store",

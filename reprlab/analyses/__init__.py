@@ -29,6 +29,7 @@ RUNNERS = {
     "vulnerability": "reprlab.analyses.vulnerability",
     "vulnerability_learn": "reprlab.analyses.vulnerability_learn",
     "stir": "reprlab.analyses.stir",
+    "stitching": "reprlab.analyses.stitching",
 }
 
 
