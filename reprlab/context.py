@@ -23,8 +23,8 @@ from reprlab.config import (
     attack_spec,
     dataset_spec,
     recipe,
-    recipe_named,
     recipe_dataset,
+    recipe_named,
 )
 from reprlab.data import DatasetInfo, dataset_info, make_loader
 from reprlab.errors import ReprlabError
