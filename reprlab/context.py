@@ -194,14 +194,26 @@ class RunContext:
     # --- data and attacks ------------------------------------------------------------------
 
     def loader(
-        self, split: str, examples: int | None, batch_size: int, *, seed: int | None = None
+        self,
+        split: str,
+        examples: int | None,
+        batch_size: int,
+        *,
+        seed: int | None = None,
+        dataset: str | None = None,
     ) -> EpochBatches:
         """A fixed sample of ``examples`` images of ``split`` ("train" or "test"), in dataset
-        order, unaugmented, drawn with ``seed`` (default: the run's seed; None examples: all)."""
+        order, unaugmented, drawn with ``seed`` (default: the run's seed; None examples: all).
+
+        ``dataset``: another registered dataset under the same data root (e.g. out-of-distribution
+        images of the run dataset's shape); default the run's dataset.
+        """
         seed = self.seed if seed is None else seed
-        self.run.update(seeds={f"{split}_sample": seed})
+        name = self.dataset.name if dataset is None else dataset
+        sample = f"{split}_sample" if dataset is None else f"{name}_{split}_sample"
+        self.run.update(seeds={sample: seed})
         return make_loader(
-            self.dataset.name,
+            name,
             self.dataset.root,
             split,
             batch_size=batch_size,

@@ -191,28 +191,35 @@ def distance_curve(
 
     For each radius ε in ``eps`` (> 0): minimise ``relative_distance(R(x), R(x_t))`` over
     ``‖x − x_s‖₂ ≤ ε`` ∩ box, starting at the source, ``steps`` L2-normalised steps of
-    ``step_fraction · ε`` (keep-best). ``keep``: radii (members of ``eps``) whose images to return.
+    ``step_fraction · ε`` (keep-best), each radius warm-started from the inputs reached at the
+    next smaller one (so the distance never grows with ε). ``keep``: radii (members of ``eps``)
+    whose images to return.
     """
     target = represent.encode(targets)
     start = relative_distance(represent.encode(sources), target)
-    rows, images = [], {}
-    for radius in eps:
+    distances, images = {}, {}
+    reached = sources
+    for radius in sorted(float(r) for r in eps):
         if not radius > 0:
             raise ValueError(f"every radius must be > 0, got {radius}")
+        # Warm start from the previous (smaller) radius: feasible here, and keep-best ranks it,
+        # so the distance reached never grows with ε.
         result = match_representation(
             represent,
             target,
-            sources,
+            reached,
             steps=steps,
             step_size=step_fraction * radius,
-            eps=float(radius),
+            eps=radius,
+            centre=sources,
         )
-        rows.append(result.value)
+        reached = result.x
+        distances[radius] = result.value
         if radius in keep:
-            images[float(radius)] = result.x
+            images[radius] = result.x
     return DistanceCurve(
         eps=torch.tensor([float(r) for r in eps]),
-        distance=torch.stack(rows),
+        distance=torch.stack([distances[float(r)] for r in eps]),
         start=start,
         images=images,
     )

@@ -34,6 +34,7 @@ LAYERS = {
         "reprlab.similarity",
         "reprlab.layerwise",
         "reprlab.taps",
+        "reprlab.inversion",
     },
     "files": {
         "reprlab.store",

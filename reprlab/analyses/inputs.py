@@ -121,14 +121,16 @@ def sample(
     split: str = "test",
     seed: int | None = None,
     with_attack: bool = True,
+    dataset: str | None = None,
 ) -> InputSource:
     """A seeded sample of ``examples`` images of ``split`` (None: all), loaded once.
 
     The sample and the adversarial passes are seeded with ``seed`` (default: the run's seed),
-    recorded in run.json.
+    recorded in run.json. ``dataset``: another registered dataset under the run's data root
+    (default: the run's dataset), e.g. out-of-distribution images of the same shape.
     """
     seed = ctx.seed if seed is None else seed
-    loader = ctx.loader(split, examples, batch_size, seed=seed)
+    loader = ctx.loader(split, examples, batch_size, seed=seed, dataset=dataset)
     batches = list(loader.epoch(0))
     if not batches:
         raise ReprlabError(f"no {split} examples in the sample; check analysis.examples")
