@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from reprlab import plots
 from reprlab.analyses import cka_common as common
 from reprlab.analyses.cka_common import CKASettings
+from reprlab.config import recipe
 from reprlab.context import RunContext
 from reprlab.errors import ReprlabError
 from reprlab.layerwise import Member
@@ -31,14 +32,27 @@ class Settings(CKASettings):
 
 def settings(cfg: DictConfig) -> Settings:
     s: Settings = common.settings(cfg, Settings)
+    spec = recipe(cfg.model)
+    final = spec.train.epochs
+    if not any(e != final for e in spec.snapshot_epochs):
+        raise ReprlabError(
+            f"cka_epochs compares kept snapshots with the final epoch, but model.snapshot_epochs="
+            f"{spec.snapshot_epochs} keeps none before epoch {final}; keep one, "
+            f"e.g. model.snapshot_epochs=[1,{final}]"
+        )
     if s.epochs is None:
         return s
-    kept = set(cfg.model.snapshot_epochs) | {cfg.model.train.epochs}
+    kept = set(spec.snapshot_epochs) | {final}
     unknown = sorted(e for e in s.epochs if e not in kept)
     if unknown:
         raise ReprlabError(
             f"analysis.epochs has {unknown}, which model.snapshot_epochs does not keep "
             f"({sorted(kept)}); choose among those"
+        )
+    if all(e == final for e in s.epochs):
+        raise ReprlabError(
+            f"analysis.epochs={s.epochs} names only the final epoch; add an earlier kept one "
+            f"({sorted(kept - {final})})"
         )
     return s
 

@@ -11,8 +11,9 @@ from omegaconf import DictConfig
 from reprlab import plots
 from reprlab.analyses import inputs
 from reprlab.attacks import robust_accuracy
-from reprlab.config import attack_spec, check_non_negative, check_positive, typed
+from reprlab.config import attack_spec, check_positive, check_radius, typed
 from reprlab.context import RunContext
+from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.recipes import describe_adversary, make_attack
 
@@ -46,14 +47,15 @@ def settings(cfg: DictConfig) -> Settings:
     if s.examples is not None:
         check_positive("analysis.examples", s.examples)
     check_positive("analysis.batch_size", s.batch_size)
-    try:
-        values = radii(cfg, s.eps)
-    except (TypeError, ValueError):
-        raise ReprlabError(
-            f"analysis.eps={s.eps} is invalid: give a list of radii, e.g. analysis.eps=[0.1,0.3]"
-        ) from None
-    for value in values:
-        check_non_negative("analysis.eps", value)
+    attack = attack_spec(cfg.attack)
+    given = s.eps if isinstance(s.eps, list) else [s.eps] if s.eps is not None else []
+    for value in given:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ReprlabError(
+                f"analysis.eps={s.eps} is invalid: give a radius or a list of radii, "
+                "e.g. analysis.eps=[0.1,0.3]"
+            )
+        check_radius("analysis.eps", value, attack.norm, dataset_info(cfg.dataset.name))
     return s
 
 
