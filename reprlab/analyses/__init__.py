@@ -29,12 +29,12 @@ RUNNERS = {
     "cka_panels": "reprlab.analyses.cka_panels",
     "cka_epochs": "reprlab.analyses.cka_epochs",
     # Engstrom et al. 2019: five analyses and the study running any of them (one runner).
-    "inversion": "reprlab.analyses.invert",
-    "repr_distance": "reprlab.analyses.invert",
-    "feature_vis": "reprlab.analyses.invert",
-    "feature_manip": "reprlab.analyses.invert",
-    "interpolation": "reprlab.analyses.invert",
-    "inversion_study": "reprlab.analyses.invert",
+    "inversion": "reprlab.analyses.inversion_study",
+    "repr_distance": "reprlab.analyses.inversion_study",
+    "feature_vis": "reprlab.analyses.inversion_study",
+    "feature_manip": "reprlab.analyses.inversion_study",
+    "interpolation": "reprlab.analyses.inversion_study",
+    "inversion_study": "reprlab.analyses.inversion_study",
 }
 
 

@@ -17,43 +17,44 @@ the `robustness` library's ``fake_relu`` by default (``analysis.fake_relu``), as
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from omegaconf import DictConfig
 
-from reprlab.analyses import invert_common as common
-from reprlab.analyses.invert_parts import PART_RUNNERS
+from reprlab.analyses import inversion_settings as config
+from reprlab.analyses.inversion_parts import PART_RUNNERS, members
 from reprlab.context import RunContext
 from reprlab.runtime import module_mode
 
 
-def settings(cfg: DictConfig) -> common.Settings:
-    return common.settings(cfg)
+def settings(cfg: DictConfig) -> config.Settings:
+    return config.settings(cfg)
 
 
 def check_data(cfg: DictConfig) -> None:
     """The out-of-distribution dataset (``analysis.inversion.ood``), when one is named."""
-    common.check_ood_data(settings(cfg), cfg)
+    config.check_ood_data(settings(cfg), cfg)
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     s = settings(cfg)
-    parts = common.parts_of(s)
-    members = common.members(s, ctx)
+    parts = config.parts_of(s)
+    models = members(s, ctx)
     record = {
         "parts": parts,
         "fake_relu": s.fake_relu,
-        "taps": {m.label: m.represent.tap for m in members},
+        "taps": {m.label: m.represent.tap for m in models},
         "steps": {
-            part: common.as_record(common.steps_of(s, cfg, part))
+            part: asdict(config.steps_of(s, cfg, part))
             for part in ("inversion", "interpolation", "feature_manip")
             if part in parts
         },
     }
     ctx.run.update(inversion=record)
     summary: dict[str, Any] = dict(record)
-    with module_mode(*(m.represent.model for m in members), mode="eval"):
+    with module_mode(*(m.represent.model for m in models), mode="eval"):
         for part in parts:
-            summary[part] = PART_RUNNERS[part](s, cfg, ctx, members)
+            summary[part] = PART_RUNNERS[part](s, cfg, ctx, models)
     ctx.run.write_json("inversion_summary", summary)
     return summary

@@ -1,24 +1,19 @@
-"""The inversion analyses' typed settings and what their parts share (Engstrom et al. 2019).
+"""The inversion analyses' typed settings and their checks (Engstrom et al. 2019).
 
-Not an analysis itself: ``reprlab.analyses.invert`` runs the parts, ``invert_parts`` holds them.
-Every key is documented in conf/analysis/inversion_study.yaml, which the five single-part
-analyses (``inversion``, ``repr_distance``, ``feature_vis``, ``feature_manip``,
-``interpolation``) extend.
+Not an analysis itself: :mod:`reprlab.analyses.inversion_study` is the runner,
+:mod:`reprlab.analyses.inversion_parts` computes the parts. Every key is documented in
+conf/analysis/inversion_study.yaml, which the five single-part analyses (``inversion``,
+``repr_distance``, ``feature_vis``, ``feature_manip``, ``interpolation``) extend.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
-import torch
 from omegaconf import DictConfig
 
-from reprlab.analyses import inputs
 from reprlab.config import check_choice, check_non_negative, check_positive, recipe, typed
-from reprlab.context import LoadedModel, RunContext
 from reprlab.data import available_datasets, check_available, dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.inversion import Representation
@@ -31,8 +26,6 @@ PARTS = ("inversion", "repr_distance", "feature_vis", "feature_manip", "interpol
 STUDY = "inversion_study"
 SEED_KINDS = ("noise", "test")
 OOD_NEGATED = "negated"
-VERSION = 1
-"""Bump when the maths of a stored inversion artifact changes (part of every identity)."""
 
 
 @dataclass
@@ -267,93 +260,6 @@ def representation_of(s: Settings, model: Classifier) -> Representation:
     if s.fake_relu:
         last_relu(model, tap)  # one-line ReprlabError where no ReLU precedes the tap
     return Representation(model, tap, fake_relu=s.fake_relu)
-
-
-@dataclass
-class Member:
-    """One model of the run: its label on figures, store key and representation."""
-
-    label: str
-    key: str
-    represent: Representation
-
-
-def members(s: Settings, ctx: RunContext) -> list[Member]:
-    """``model`` and, with ``ref=``, the second model (distinct labels)."""
-    loaded: list[LoadedModel] = [ctx.model("model")]
-    if ctx.cfg.get("ref") is not None:
-        loaded.append(ctx.model("ref"))
-    labels = [m.label for m in loaded]
-    if len(labels) == 2 and labels[0] == labels[1]:
-        labels = [f"{labels[0]} (model)", f"{labels[1]} (ref)"]
-    return [
-        Member(label, m.key, representation_of(s, m.model))
-        for label, m in zip(labels, loaded, strict=True)
-    ]
-
-
-def identity(ctx: RunContext, member: Member, part: str, settings: dict[str, Any]) -> dict:
-    """Exactly what determines a part's optimised inputs for one model."""
-    return {
-        "version": VERSION,
-        "part": part,
-        "model": member.key,
-        "tap": member.represent.tap,
-        "fake_relu": member.represent.fake_relu,
-        "dataset": ctx.dataset.name,
-        "seed": ctx.seed,
-        **settings,
-    }
-
-
-def stored(
-    ctx: RunContext,
-    member: Member,
-    part: str,
-    settings: dict[str, Any],
-    compute: Callable[[], dict[str, Any]],
-) -> dict[str, Any]:
-    """The part's payload for ``member``: from the store, or computed once and stored."""
-
-    def produce(_files) -> tuple[dict[str, Any], dict[str, Any]]:
-        payload = compute()
-        return payload, {"part": part, "model": member.label}
-
-    entry, _ = ctx.artifact(
-        f"inversion_{part}",
-        identity(ctx, member, part, settings),
-        produce,
-        label=f"{part}:{member.label}",
-    )
-    return entry.load(map_location=ctx.device)
-
-
-def images(ctx: RunContext, examples: int, batch_size: int, *, seed: int | None = None,
-           dataset: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """A seeded test sample as one tensor pair (x [n, c, h, w] in [0, 1], y [n]) on the device."""
-    source = inputs.sample(
-        ctx, examples=examples, batch_size=batch_size, seed=seed, with_attack=False,
-        dataset=dataset,
-    )  # fmt: skip
-    xs, ys = zip(*source.batches, strict=True)
-    return torch.cat(xs), torch.cat(ys)
-
-
-def in_batches(fn: Callable[..., Any], batch_size: int, *tensors: torch.Tensor) -> list[Any]:
-    """``fn`` on consecutive slices of ``batch_size`` rows of ``tensors``; the results in order."""
-    n = len(tensors[0])
-    return [fn(*(t[i : i + batch_size] for t in tensors)) for i in range(0, n, batch_size)]
-
-
-def describe(s: Settings, member: Member) -> str:
-    """Tap and fake_relu, for figure titles."""
-    relu = "fake_relu" if s.fake_relu else "true ReLU grad"
-    return f"tap {member.represent.tap}, {relu}"
-
-
-def as_record(value: Any) -> Any:
-    """A dataclass of settings as a plain dict (for identities and run.json)."""
-    return asdict(value)
 
 
 def check_ood_data(s: Settings, cfg: DictConfig) -> None:

@@ -8,6 +8,8 @@ into the run directory and returns its summary. The maths is :mod:`reprlab.inver
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,12 +18,94 @@ import torch
 from omegaconf import DictConfig
 
 from reprlab import inversion, plots
-from reprlab.analyses import invert_common as common
-from reprlab.analyses.invert_common import Member, Settings
-from reprlab.context import RunContext
+from reprlab.analyses import inputs
+from reprlab.analyses import inversion_settings as config
+from reprlab.analyses.inversion_settings import Settings
+from reprlab.context import LoadedModel, RunContext
+from reprlab.inversion import Representation
 from reprlab.optimize import compose, jitter, rotation
 
 log = logging.getLogger("reprlab")
+
+VERSION = 1
+"""Bump when the maths of a stored inversion artifact changes (part of every identity)."""
+
+
+@dataclass
+class Member:
+    """One model of the run: its label on figures, store key and representation."""
+
+    label: str
+    key: str
+    represent: Representation
+
+
+def members(s: Settings, ctx: RunContext) -> list[Member]:
+    """``model`` and, with ``ref=``, the second model (distinct labels)."""
+    loaded: list[LoadedModel] = [ctx.model("model")]
+    if ctx.cfg.get("ref") is not None:
+        loaded.append(ctx.model("ref"))
+    labels = [m.label for m in loaded]
+    if len(labels) == 2 and labels[0] == labels[1]:
+        labels = [f"{labels[0]} (model)", f"{labels[1]} (ref)"]
+    return [
+        Member(label, m.key, config.representation_of(s, m.model))
+        for label, m in zip(labels, loaded, strict=True)
+    ]
+
+
+def identity(ctx: RunContext, member: Member, part: str, settings: dict[str, Any]) -> dict:
+    """Exactly what determines a part's optimised inputs for one model."""
+    return {
+        "version": VERSION,
+        "part": part,
+        "model": member.key,
+        "tap": member.represent.tap,
+        "fake_relu": member.represent.fake_relu,
+        "dataset": ctx.dataset.name,
+        "seed": ctx.seed,
+        **settings,
+    }
+
+
+def stored(
+    ctx: RunContext,
+    member: Member,
+    part: str,
+    settings: dict[str, Any],
+    compute: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """The part's payload for ``member``: from the store, or computed once and stored."""
+
+    def produce(_files) -> tuple[dict[str, Any], dict[str, Any]]:
+        payload = compute()
+        return payload, {"part": part, "model": member.label}
+
+    entry, _ = ctx.artifact(
+        f"inversion_{part}",
+        identity(ctx, member, part, settings),
+        produce,
+        label=f"{part}:{member.label}",
+    )
+    return entry.load(map_location=ctx.device)
+
+
+def test_sample(ctx: RunContext, examples: int, batch_size: int, *, seed: int | None = None,
+           dataset: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A seeded test sample as one tensor pair (x [n, c, h, w] in [0, 1], y [n]) on the device."""
+    source = inputs.sample(
+        ctx, examples=examples, batch_size=batch_size, seed=seed, with_attack=False,
+        dataset=dataset,
+    )  # fmt: skip
+    xs, ys = zip(*source.batches, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def in_batches(fn: Callable[..., Any], batch_size: int, *tensors: torch.Tensor) -> list[Any]:
+    """``fn`` on consecutive slices of ``batch_size`` rows of ``tensors``; the results in order."""
+    n = len(tensors[0])
+    return [fn(*(t[i : i + batch_size] for t in tensors)) for i in range(0, n, batch_size)]
+
 
 # Offsets of the run seed for each independent random draw (so parts never share draws).
 SEED_OFFSET = {"inversion_seeds": 101, "ood": 102, "feature_seeds": 103, "regularise": 104}
@@ -55,8 +139,8 @@ def run_inversion(
 ) -> dict[str, Any]:
     """Invert test images (and out-of-distribution images) from seeds; pixel L2 and SSIM."""
     p = s.inversion
-    steps = common.steps_of(s, cfg, "inversion")
-    targets, labels = common.images(ctx, p.examples, s.batch_size)
+    steps = config.steps_of(s, cfg, "inversion")
+    targets, labels = test_sample(ctx, p.examples, s.batch_size)
     sets = {"test": (targets, labels)}
     if p.ood is not None:
         sets["ood"] = _ood_targets(s, ctx)
@@ -77,7 +161,7 @@ def run_inversion(
         for member in members:
 
             def compute(member=member, x_t=x_t, seeds=seeds) -> dict[str, Any]:
-                results = common.in_batches(
+                results = in_batches(
                     lambda goal, seed: inversion.invert(
                         member.represent, goal, seed, steps=steps.steps, step_size=steps.step_size,
                         trace=True,
@@ -90,7 +174,7 @@ def run_inversion(
                     "trace": torch.cat([r.trace for r in results], dim=1),
                 }
 
-            payload = common.stored(ctx, member, "inversion", settings, compute)
+            payload = stored(ctx, member, "inversion", settings, compute)
             x = payload["x"]
             l2 = inversion.pixel_l2(x, x_t)
             similarity = inversion.ssim(x, x_t)
@@ -162,10 +246,10 @@ def _seeds(
 def _ood_targets(s: Settings, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
     p = s.inversion
     seed = ctx.seed + SEED_OFFSET["ood"]
-    if p.ood == common.OOD_NEGATED:
-        x, y = common.images(ctx, p.ood_examples, s.batch_size, seed=seed)
+    if p.ood == config.OOD_NEGATED:
+        x, y = test_sample(ctx, p.ood_examples, s.batch_size, seed=seed)
         return 1.0 - x, y
-    return common.images(ctx, p.ood_examples, s.batch_size, seed=seed, dataset=p.ood)
+    return test_sample(ctx, p.ood_examples, s.batch_size, seed=seed, dataset=p.ood)
 
 
 # --- 2. representation distance under a budget (Fig. 4) ----------------------------------------
@@ -177,7 +261,7 @@ def run_repr_distance(
     """Fig. 4: the relative representation distance to a target of another class reachable
     within ‖x − x_s‖₂ ≤ ε, for each ε; median and quartiles over pairs."""
     p = s.repr_distance
-    sources, labels = common.images(ctx, p.pairs, s.batch_size)
+    sources, labels = test_sample(ctx, p.pairs, s.batch_size)
     partners = inversion.different_class_partners(labels).to(sources.device)
     targets = sources[partners]
     eps = sorted(float(e) for e in p.eps)
@@ -195,7 +279,7 @@ def run_repr_distance(
     for member in members:
 
         def compute(member=member) -> dict[str, Any]:
-            results = common.in_batches(
+            results = in_batches(
                 lambda a, b: inversion.distance_curve(
                     member.represent, a, b, eps, steps=p.steps, step_fraction=p.step_fraction,
                     keep=keep,
@@ -210,7 +294,7 @@ def run_repr_distance(
                 },
             }
 
-        payload = common.stored(ctx, member, "repr_distance", settings, compute)
+        payload = stored(ctx, member, "repr_distance", settings, compute)
         distance = payload["distance"]
         for k, e in enumerate(eps):
             for i in range(len(sources)):
@@ -269,7 +353,7 @@ def _coordinates(
 ) -> tuple[list[int], torch.Tensor]:
     """The coordinates to show (configured, or the most variable on the pool) and the pool's
     activations [N, d]."""
-    acts = torch.cat(common.in_batches(member.represent.encode, s.batch_size, pool)).float()
+    acts = torch.cat(in_batches(member.represent.encode, s.batch_size, pool)).float()
     chosen = s.features.coordinates
     if chosen is None:
         chosen = inversion.most_variable(acts, s.features.count)
@@ -282,7 +366,7 @@ def run_feature_vis(
     """Maximise single coordinates from noise and from test images (Sec. 4.1), beside the test
     images that activate each coordinate most and least."""
     v = s.feature_vis
-    pool, _ = common.images(ctx, s.features.pool, s.batch_size)
+    pool, _ = test_sample(ctx, s.features.pool, s.batch_size)
     starts_test = pool[: v.from_test]
     rows, grid, summary = [], [], {}
     for member in members:
@@ -310,7 +394,7 @@ def run_feature_vis(
 
         def compute(member=member, starts=starts, targets=targets, noise=noise, coords=coords):
             count = len(coords)
-            results = common.in_batches(
+            results = in_batches(
                 lambda start, coordinate: inversion.visualise_features(
                     member.represent, coordinate, start, steps=v.steps, step_size=v.step_size
                 ),
@@ -333,7 +417,7 @@ def run_feature_vis(
                 ]
             return payload
 
-        payload = common.stored(ctx, member, "feature_vis", settings, compute)
+        payload = stored(ctx, member, "feature_vis", settings, compute)
         x, value = payload["x"], payload["value"]
         start_values = member.represent.encode(starts)[
             torch.arange(len(starts)), targets.to(starts.device)
@@ -404,9 +488,9 @@ def run_feature_manip(
     """Sec. 4.2: raise one coordinate of real images' representations until it is the largest
     (or the step budget runs out); success rate and pixel distance moved."""
     m = s.feature_manip
-    steps = common.steps_of(s, cfg, "feature_manip")
-    images, labels = common.images(ctx, m.images, s.batch_size)
-    pool, _ = common.images(ctx, s.features.pool, s.batch_size)
+    steps = config.steps_of(s, cfg, "feature_manip")
+    images, labels = test_sample(ctx, m.images, s.batch_size)
+    pool, _ = test_sample(ctx, s.features.pool, s.batch_size)
     rows, summary = [], {}
     grid = [("original", _np(images[: m.show]))]
     for member in members:
@@ -422,7 +506,7 @@ def run_feature_manip(
         }
 
         def compute(member=member, batch=batch, targets=targets) -> dict[str, Any]:
-            results = common.in_batches(
+            results = in_batches(
                 lambda image, coordinate: inversion.manipulate_features(
                     member.represent, image, coordinate, steps=steps.steps,
                     step_size=steps.step_size,
@@ -436,7 +520,7 @@ def run_feature_manip(
                 "value": torch.cat([r.value for r in results]),
             }
 
-        payload = common.stored(ctx, member, "feature_manip", settings, compute)
+        payload = stored(ctx, member, "feature_manip", settings, compute)
         x, success, already = payload["x"], payload["success"], payload["already"]
         l2 = inversion.pixel_l2(x, batch)
         similarity = inversion.ssim(x, batch)
@@ -489,8 +573,8 @@ def run_interpolation(
 ) -> dict[str, Any]:
     """Sec. 4.3: invert (1 − λ)R(x₁) + λR(x₂) from the pixel interpolation, λ on a grid."""
     p = s.interpolation
-    steps = common.steps_of(s, cfg, "interpolation")
-    first, labels = common.images(ctx, p.pairs, s.batch_size)
+    steps = config.steps_of(s, cfg, "interpolation")
+    first, labels = test_sample(ctx, p.pairs, s.batch_size)
     partners = inversion.different_class_partners(labels).to(first.device)
     second = first[partners]
     lambdas = [i / (p.points - 1) for i in range(p.points)]
@@ -509,7 +593,7 @@ def run_interpolation(
     for member in members:
 
         def compute(member=member) -> dict[str, Any]:
-            results = common.in_batches(
+            results = in_batches(
                 lambda a, b: inversion.interpolate(
                     member.represent, a, b, lambdas, steps=steps.steps,
                     step_size=steps.step_size,
@@ -521,7 +605,7 @@ def run_interpolation(
                 "distance": torch.cat([r.value for r in results]),
             }
 
-        payload = common.stored(ctx, member, "interpolation", settings, compute)
+        payload = stored(ctx, member, "interpolation", settings, compute)
         r1, r2 = member.represent.encode(first), member.represent.encode(second)
         w = torch.tensor(lambdas, device=first.device).view(1, -1, 1)
         target = ((1 - w) * r1.unsqueeze(1) + w * r2.unsqueeze(1)).flatten(0, 1)
