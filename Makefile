@@ -30,6 +30,12 @@ data: $(MNIST)
 demo: setup data
 	$(BIN)/reprlab run -m experiment=demo model=cnn_small,cnn_small_at
 	$(BIN)/reprlab run experiment=demo_cka
+	$(BIN)/reprlab run experiment=inversion_demo \
+	  analysis.inversion.examples=20 analysis.inversion.steps=300 analysis.inversion.ood_examples=10 \
+	  analysis.repr_distance.pairs=20 analysis.repr_distance.steps=50 analysis.repr_distance.eps=[1,2,4,8] \
+	  analysis.repr_distance.show_eps=[2,8] analysis.features.count=2 analysis.features.pool=500 \
+	  analysis.feature_vis.regularise=false analysis.feature_manip.images=10 analysis.interpolation.pairs=2 \
+	  analysis.interpolation.steps=300
 
 test: setup
 	$(BIN)/python -m pytest
@@ -45,6 +51,7 @@ bench: setup
 	$(BIN)/python scripts/bench_attack.py
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_cka.py
+	$(BIN)/python scripts/bench_inversion.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -125,10 +125,11 @@ def _median(values: torch.Tensor) -> float:
     return float(values.double().median()) if len(values) else float("nan")
 
 
-def _context(s: Settings, ctx: RunContext, n: int, extra: str) -> str:
+def _context(s: Settings, ctx: RunContext, members: list[Member], n: int, extra: str) -> str:
+    """The second line of every figure title: data, N, tap(s), gradient, the part's settings."""
     relu = "fake_relu" if s.fake_relu else "true ReLU gradient"
-    tap = s.tap or "representation tap"
-    return f"{ctx.dataset.name} · N={n} · {tap} · {relu} · {extra}"
+    taps = dict.fromkeys(m.represent.tap for m in members)
+    return f"{ctx.dataset.name} · N={n} · tap {'/'.join(taps)} · {relu} · {extra}"
 
 
 # --- 1. inversion ------------------------------------------------------------------------------
@@ -209,7 +210,8 @@ def run_inversion(
             f"{name}_grid",
             plots.image_grid(
                 grid,
-                title=f"Inverting representations of {what}\n" + _context(s, ctx, len(x_t), detail),
+                title=f"Inverting representations of {what}\n"
+                + _context(s, ctx, members, len(x_t), detail),
             ),
         )
         ctx.run.save_figure(
@@ -218,7 +220,7 @@ def run_inversion(
                 list(range(1, steps.steps + 2)),
                 {label: _quartiles(t, dim=1) for label, t in traces.items()},
                 title=f"Inversion convergence, {what} (best so far; median, quartiles)\n"
-                + _context(s, ctx, len(x_t), detail),
+                + _context(s, ctx, members, len(x_t), detail),
                 xlabel="iterate (1 = seed)",
                 ylabel="‖R(x) − R(x_t)‖ / ‖R(x_t)‖",
                 log_x=True,
@@ -327,7 +329,7 @@ def run_repr_distance(
             eps,
             curves,
             title="Representation distance to a target of another class within ‖x − x_s‖₂ ≤ ε "
-            "(median, quartiles)\n" + _context(s, ctx, len(sources), detail),
+            "(median, quartiles)\n" + _context(s, ctx, members, len(sources), detail),
             xlabel="ε (L2, pixel units)",
             ylabel="‖R(x) − R(x_t)‖ / ‖R(x_t)‖",
             log_x=True,
@@ -338,7 +340,7 @@ def run_repr_distance(
         plots.image_grid(
             grid,
             title="Inputs reached within ε of the source\n"
-            + _context(s, ctx, len(sources), detail),
+            + _context(s, ctx, members, len(sources), detail),
         ),
     )
     _print("repr_distance: median relative distance by ε", summary)
@@ -474,7 +476,7 @@ def run_feature_vis(
             grid,
             title="Maximising one representation coordinate (rows) from noise and test images; "
             "the test images that activate it most and least\n"
-            + _context(s, ctx, len(pool), detail),
+            + _context(s, ctx, members, len(pool), detail),
             column_labels=column_labels,
         ),
     )
@@ -557,7 +559,7 @@ def run_feature_manip(
         plots.image_grid(
             grid,
             title="Feature manipulation: raising one coordinate until it is the largest\n"
-            + _context(s, ctx, len(images), detail),
+            + _context(s, ctx, members, len(images), detail),
         ),
     )
     _print("feature_manip", {k: {a: b for a, b in v.items() if a != "coordinates"}
@@ -643,7 +645,7 @@ def run_interpolation(
         plots.image_grid(
             grid,
             title="Interpolating in representation space (rows: per pair, pixels then models)\n"
-            + _context(s, ctx, len(first), detail),
+            + _context(s, ctx, members, len(first), detail),
             column_labels=[f"λ={v:.2f}" for v in lambdas],
         ),
     )
@@ -653,7 +655,7 @@ def run_interpolation(
             lambdas,
             curves,
             title="Representation error along the path (median, quartiles over pairs)\n"
-            + _context(s, ctx, len(first), detail),
+            + _context(s, ctx, members, len(first), detail),
             xlabel="λ",
             ylabel="‖R(x) − R_λ‖ / ‖R_λ‖",
         ),
