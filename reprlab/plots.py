@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 CKA_COLORMAP = "inferno"  # Cianfarani et al. 2022
 
@@ -234,6 +235,9 @@ def quantile_curves(
         ax.axhline(reference, color="grey", linestyle=":", linewidth=1)
     if log_x:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if len(x) <= 12:  # a grid of radii: label each one
+            ax.set_xticks(list(x), [f"{v:g}" for v in x])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
