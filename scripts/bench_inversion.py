@@ -5,7 +5,8 @@ constrained matching, feature visualisation, feature manipulation, interpolation
 ``steps`` iterations on a randomly initialised model (default resnet18 on 3x32x32, its
 representation tap with fake_relu, as the analyses run) against ``steps`` times the cost of one
 forward-backward pass of the same representation loss to the input: ``R(x)``, the relative
-distance to a target, ``backward`` to ``x``. The optimisation adds the L2-normalised step, the
+distance to a target, its gradient with respect to ``x`` only (``torch.autograd.grad``; no weight
+gradients, as in the optimiser). The optimisation adds the L2-normalised step, the
 projection, keep-best bookkeeping and one final forward; the ratio says what that costs.
 
 Each candidate and the baseline are interleaved (the order rotates every repeat) and summarised
@@ -85,10 +86,10 @@ def main() -> None:
         else torch.autocast(device.type, enabled=False)
     )
 
-    def forward_backward() -> None:
+    def forward_backward() -> None:  # the gradient to the input only, as the optimiser takes it
         x = seeds.detach().clone().requires_grad_(True)
         loss = inversion.relative_distance(represent(x), goal).sum()
-        loss.backward()
+        torch.autograd.grad(loss, [x])
 
     def baseline() -> None:
         for _ in range(steps):
