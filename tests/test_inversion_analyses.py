@@ -124,6 +124,9 @@ BAD = [
     (["analysis=inversion_study", "analysis.parts=[inversion,nope]"], ["analysis.parts"]),
     (["analysis=interpolation", "analysis.interpolation.points=1"], ["points=1"]),
     (["analysis=inversion", "analysis.tap=nowhere"], ["analysis.tap", "nowhere"]),
+    (["analysis=feature_vis", "analysis.features.coordinates=[]"], ["names no coordinate"]),
+    (["analysis=repr_distance", "analysis.repr_distance.pairs=1"], ["pairs=1", ">= 2"]),
+    (["analysis=inversion", "analysis.inversion.seed_mean=1.5"], ["seed_mean=1.5"]),
 ]
 
 

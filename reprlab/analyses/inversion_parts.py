@@ -22,6 +22,7 @@ from reprlab.analyses import inputs
 from reprlab.analyses import inversion_settings as config
 from reprlab.analyses.inversion_settings import Settings
 from reprlab.context import LoadedModel, RunContext
+from reprlab.errors import ReprlabError
 from reprlab.inversion import Representation
 from reprlab.optimize import compose, jitter, rotation
 
@@ -123,6 +124,18 @@ def _quartiles(values: torch.Tensor, dim: int = -1) -> tuple[np.ndarray, ...]:
 
 def _median(values: torch.Tensor) -> float:
     return float(values.double().median()) if len(values) else float("nan")
+
+
+def _partners(labels: torch.Tensor, key: str) -> torch.Tensor:
+    """Each example's partner of another class (on the labels' device); a sample of one class
+    is a user error naming ``key``."""
+    try:
+        return inversion.different_class_partners(labels).to(labels.device)
+    except ValueError:
+        raise ReprlabError(
+            f"{key}={len(labels)} draws test images of one class only; pairs of different "
+            "classes need more"
+        ) from None
 
 
 def _context(s: Settings, ctx: RunContext, members: list[Member], n: int, extra: str) -> str:
@@ -237,7 +250,7 @@ def _seeds(
 ) -> torch.Tensor:
     p = s.inversion
     if p.seeds == "test":  # another test image, of another class, for each target
-        return x_t[inversion.different_class_partners(y_t).to(x_t.device)]
+        return x_t[_partners(y_t, "analysis.inversion.examples")]
     offset = SEED_OFFSET["inversion_seeds"] + (1000 if kind == "ood" else 0)
     return inversion.noise_seeds(
         x_t.shape, mean=p.seed_mean, std=p.seed_std, generator=ctx.generator(offset),
@@ -264,7 +277,7 @@ def run_repr_distance(
     within ‖x − x_s‖₂ ≤ ε, for each ε; median and quartiles over pairs."""
     p = s.repr_distance
     sources, labels = test_sample(ctx, p.pairs, s.batch_size)
-    partners = inversion.different_class_partners(labels).to(sources.device)
+    partners = _partners(labels, "analysis.repr_distance.pairs")
     targets = sources[partners]
     eps = sorted(float(e) for e in p.eps)
     keep = sorted(float(e) for e in p.show_eps)
@@ -577,7 +590,7 @@ def run_interpolation(
     p = s.interpolation
     steps = config.steps_of(s, cfg, "interpolation")
     first, labels = test_sample(ctx, p.pairs, s.batch_size)
-    partners = inversion.different_class_partners(labels).to(first.device)
+    partners = _partners(labels, "analysis.interpolation.pairs")
     second = first[partners]
     lambdas = [i / (p.points - 1) for i in range(p.points)]
     weights = torch.tensor(lambdas, device=first.device).view(1, -1, 1, 1, 1)

@@ -131,6 +131,11 @@ def settings(cfg: DictConfig) -> Settings:
     _check_inversion(s, cfg)
     _check_distance(s.repr_distance)
     f = s.features
+    if f.coordinates is not None and not f.coordinates:
+        raise ReprlabError(
+            "analysis.features.coordinates=[] names no coordinate; list some, or null for the "
+            "most variable ones"
+        )
     check_positive("analysis.features.count", f.count)
     check_positive("analysis.features.pool", f.pool)
     v = s.feature_vis
@@ -144,7 +149,15 @@ def settings(cfg: DictConfig) -> Settings:
     check_positive("analysis.feature_manip.images", m.images)
     check_positive("analysis.feature_manip.show", m.show)
     i = s.interpolation
-    check_positive("analysis.interpolation.pairs", i.pairs)
+    for key, count in (
+        ("analysis.repr_distance.pairs", s.repr_distance.pairs),
+        ("analysis.interpolation.pairs", i.pairs),
+    ):
+        if count < 2:
+            raise ReprlabError(
+                f"{key}={count} is invalid: pairs of different classes are drawn from a sample "
+                "of this many test images; use >= 2"
+            )
     if i.points < 2:
         raise ReprlabError(f"analysis.interpolation.points={i.points} is invalid: use >= 2")
     for key, value in (
@@ -179,6 +192,10 @@ def _check_inversion(s: Settings, cfg: DictConfig) -> None:
             f"{', '.join(SEED_KINDS)}"
         )
     check_non_negative("analysis.inversion.seed_std", p.seed_std)
+    if not 0 <= p.seed_mean <= 1:
+        raise ReprlabError(
+            f"analysis.inversion.seed_mean={p.seed_mean} is invalid: pixels are in [0, 1]"
+        )
     check_positive("analysis.inversion.show", p.show)
     check_positive("analysis.inversion.ood_examples", p.ood_examples)
     if p.ood is None or p.ood == OOD_NEGATED:
@@ -210,6 +227,9 @@ def _check_distance(p: DistancePart) -> None:
             f"analysis.repr_distance.eps has {bad}: every radius must be > 0 and finite "
             "(ε = 0 is the source itself, always reported)"
         )
+    for key, values in (("eps", p.eps), ("show_eps", p.show_eps)):
+        if len(set(values)) != len(values):
+            raise ReprlabError(f"analysis.repr_distance.{key}={values} repeats a radius")
     missing = [e for e in p.show_eps if e not in p.eps]
     if missing:
         raise ReprlabError(
