@@ -35,14 +35,18 @@ from reprlab.runtime import resolve_device
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of ``fn()``, synchronising CUDA before and after."""
+    """Seconds of ``fn()``: wall time on CUDA (synchronised before and after); on the CPU the
+    process's CPU time, which other processes on a shared machine disturb far less than wall
+    time (run with one thread, OMP_NUM_THREADS=1, for the two to agree on a quiet machine)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    start = time.process_time()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def main() -> None:
