@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 CKA_COLORMAP = "inferno"  # Cianfarani et al. 2022
 
@@ -460,4 +461,79 @@ def stitching_matrix(
         ax.set_title(panel_title, fontsize=8)
     figure.colorbar(image, ax=list(axes[0]), label="accuracy (%)", shrink=0.8)
     figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def image_grid(
+    rows: Sequence[tuple[str, np.ndarray]],
+    *,
+    title: str,
+    column_labels: Sequence[str] | None = None,
+    cell: float = 1.1,
+) -> Figure:
+    """Images in rows, as a paper shows them: one labelled row per ``(label, images)``.
+
+    ``images`` [k, c, h, w] float in [0, 1] (c = 1 grey, c = 3 colour); rows may differ in length
+    (missing cells stay empty). ``column_labels`` title the top row's columns.
+    """
+    columns = max((len(images) for _, images in rows), default=1)
+    figure, axes = plt.subplots(
+        len(rows),
+        columns,
+        figsize=(1.6 + cell * columns, 0.45 + cell * len(rows)),
+        squeeze=False,
+    )
+    for r, (label, images) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(images):
+                ax.axis("off")
+                continue
+            image = np.clip(np.asarray(images[c], dtype=np.float32), 0.0, 1.0)
+            if image.shape[0] == 1:
+                ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                ax.imshow(np.transpose(image, (1, 2, 0)))
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+            if r == 0 and column_labels is not None and c < len(column_labels):
+                ax.set_title(column_labels[c], fontsize=6)
+    figure.suptitle(title, fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 0.97), pad=0.2, w_pad=0.1, h_pad=0.1)
+    return figure
+
+
+def quantile_curves(
+    x: Sequence[float],
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    reference: float | None = None,
+) -> Figure:
+    """Median line and interquartile band per label: ``{label: (median, q1, q3)}`` over ``x``.
+
+    ``reference``: a horizontal dotted line (e.g. a threshold the text refers to).
+    """
+    figure, ax = plt.subplots(figsize=(5.2, 3.6))
+    for label, (median, low, high) in curves.items():
+        (line,) = ax.plot(x, median, marker="o", markersize=3, label=label)
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle=":", linewidth=1)
+    if log_x:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if len(x) <= 12:  # a grid of radii: label each one
+            ax.set_xticks(list(x), [f"{v:g}" for v in x])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
     return figure

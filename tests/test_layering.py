@@ -46,6 +46,7 @@ LAYERS = {
         "reprlab.stir",
         "reprlab.distributed",
         "reprlab.stitching",
+        "reprlab.inversion",
     },
     "files": {
         "reprlab.store",
