@@ -87,6 +87,8 @@ def test_registry_holds_every_architecture_family():
         "wrn34_10",
         "tv_resnet18",
         "tv_resnet50",
+        "dim_encoder",
+        "dim_encoder_small",
     }
 
 
@@ -356,9 +358,10 @@ def test_single_channel_torchvision_resnet_only_changes_conv1():
 
 @pytest.mark.parametrize("arch", _arch_params(available_archs()))
 def test_back_of_front_is_the_forward_pass_at_every_block_tap(arch):
-    """One full forward per tap: 16x16 inputs (the nets are size-agnostic) keep it cheap."""
+    """One full forward per tap: 16x16 inputs (the nets without a flattening linear layer are
+    size-agnostic) keep it cheap."""
     model = _model(arch)
-    x = _images(image_size=32 if arch.startswith("cnn") else 16)
+    x = _images(image_size=32 if arch.startswith(("cnn", "dim_encoder")) else 16)
     with torch.no_grad():
         expected = model(x)
         for tap in model.block_taps:
@@ -415,7 +418,9 @@ def test_layer_taps_fire_as_probed_in_forward_order_and_equal_hooked_outputs(arc
     probe = model.probe()
     layers = [t for t in probe.taps if t.kind == "layer"]
     modules = dict.fromkeys(t.module for t in layers)
-    expected_types = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+    expected_types = (
+        nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d
+    )  # fmt: skip
     leaves = {
         path
         for path, module in model.net.named_modules()
