@@ -10,6 +10,7 @@ work starts or any directory is written. Heavy imports (torch) happen inside the
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -57,6 +58,10 @@ def split_hydra_args(args: Sequence[str]) -> tuple[list[str], bool, bool]:
     return overrides, multirun, info_only
 
 
+REQUIRED_GROUPS = ("dataset", "model", "attack", "analysis")
+"""Groups every run needs an option of (``ref`` and ``experiment`` may be null)."""
+
+
 def check_group_choices(overrides: Sequence[str]) -> None:
     """Raise ReprlabError for ``group=option`` overrides naming an option that does not exist."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -73,10 +78,23 @@ def check_group_choices(overrides: Sequence[str]) -> None:
             values = [override.get_value_element_as_str()]
         options = group_options(group)
         for value in values:
+            if value == "null" and group in REQUIRED_GROUPS:
+                raise ReprlabError(
+                    f"{group}=null is invalid: every run needs a {group}; choose one of: "
+                    f"{', '.join(options)}"
+                )
             if value != "null" and value not in options:
                 raise ReprlabError(
                     f"unknown {group} '{value}'; choose one of: {', '.join(options)}"
                 )
+
+
+def swept_keys(overrides: Sequence[str]) -> set[str]:
+    """The keys (or groups) that a multirun's overrides sweep over."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
 
 def job_overrides(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
@@ -91,9 +109,37 @@ def job_overrides(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def compose_config(overrides: Sequence[str], hydra: bool = False) -> Any:
-    """Compose the run config for ``overrides`` (no Hydra run, no directories written);
-    ``hydra=True`` includes the ``hydra`` node (e.g. the run directory)."""
+def one_line(message: str) -> str:
+    """A Hydra/OmegaConf error message as one whole line.
+
+    Indented lists (``Available options in 'model':`` followed by one option per line) are
+    joined with commas; Hydra's config search path and its HYDRA_FULL_ERROR hint are dropped.
+    """
+    parts: list[str] = []
+    listing: list[str] = []
+    for raw in message.splitlines():
+        line = raw.strip()
+        if line.startswith("Config search path") or line.startswith("Set the environment"):
+            break
+        if not line:
+            continue
+        if raw[:1] in ("\t", " ") and parts and parts[-1].endswith(":"):
+            listing.append(line)
+            continue
+        if listing:
+            parts[-1] += " " + ", ".join(listing)
+            listing = []
+        parts.append(line)
+    if listing:
+        parts[-1] += " " + ", ".join(listing)
+    return " ".join(parts)
+
+
+def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> Any:
+    """Compose the run config for ``overrides`` (no Hydra run, no directories written).
+
+    ``with_hydra`` keeps the ``hydra`` node (run and sweep directories) in the result.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -103,14 +149,49 @@ def compose_config(overrides: Sequence[str], hydra: bool = False) -> Any:
     _register_config_extras()
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="reprlab"):
-            return compose("config", overrides=list(overrides), return_hydra_config=hydra)
-    except (HydraException, OmegaConfBaseException) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise ReprlabError(" ".join(lines[:2]) if lines else type(err).__name__) from None
+            return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        # ValueError: Hydra's answer to some malformed overrides (e.g. a null group choice).
+        raise ReprlabError(one_line(str(err)) or type(err).__name__) from None
 
 
-def preflight(overrides: Sequence[str], multirun: bool) -> None:
-    """Compose and validate every job of the run; raise ReprlabError on the first problem."""
+def check_output_dirs(cfg: Any, multirun: bool) -> None:
+    """Raise ReprlabError unless the run (or sweep) directory Hydra will write is a real,
+    writable path.
+
+    An empty ``hydra.run.dir`` would make Hydra write the run into the current directory; a
+    read-only place would fail half-way. (The store is checked when something must be written to
+    it: a read-only store of trained models is fine.)
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    from reprlab import atomic
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    node = cfg.hydra.sweep if multirun else cfg.hydra.run
+    try:
+        value = node.dir
+    except OmegaConfBaseException as err:
+        raise ReprlabError(f"{key}: {one_line(str(err))}") from None
+    if not isinstance(value, str) or not value.strip():
+        raise ReprlabError(
+            f"{key}={value!r} is invalid: give a directory for the run's files (the default "
+            "is under paths.outputs)"
+        )
+    problem = atomic.unwritable(Path(value))
+    if problem is not None:
+        raise ReprlabError(
+            f"cannot create the run directory {value}: {problem}; choose a writable place "
+            "with paths.outputs=..."
+        )
+
+
+def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True) -> None:
+    """Compose and validate every job of the run; raise ReprlabError on the first problem.
+
+    With ``validate=False`` (``--cfg``, ``--info``, ``--help``) only the composition is checked:
+    unknown options and keys, malformed overrides.
+    """
     from hydra.errors import HydraException
 
     from reprlab.analyses import validate_run
@@ -119,78 +200,83 @@ def preflight(overrides: Sequence[str], multirun: bool) -> None:
         check_group_choices(overrides)
         jobs = job_overrides(overrides, multirun)
     except HydraException as err:
-        raise ReprlabError(str(err).splitlines()[0]) from None
+        raise ReprlabError(one_line(str(err))) from None
     for job in jobs:
         try:
-            validate_run(compose_config(job))
+            cfg = compose_config(job, with_hydra=validate)
+            if validate:
+                validate_run(cfg)
+                check_output_dirs(cfg, multirun)
         except ReprlabError as err:
             prefix = f"in sweep job [{' '.join(job)}]: " if multirun and len(jobs) > 1 else ""
             raise ReprlabError(f"{prefix}{err}") from None
-    check_run_directory(jobs[0] if jobs else [], multirun)
-
-
-def check_run_directory(overrides: Sequence[str], multirun: bool) -> None:
-    """Raise ReprlabError (one line naming the path) unless the run directory Hydra is about to
-    create can be written. (The store is checked when something must be written to it: a
-    read-only store of trained models is fine.)"""
-    from omegaconf.errors import OmegaConfBaseException
-
-    from reprlab import atomic
-
-    try:
-        cfg = compose_config(overrides, hydra=True)
-        directory = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
-    except (ReprlabError, OmegaConfBaseException):
-        return  # an unusual hydra.* override: Hydra itself reports it
-    problem = atomic.unwritable(Path(str(directory)))
-    if problem is not None:
-        raise ReprlabError(
-            f"cannot create the run directory {directory}: {problem}; choose a writable place "
-            "with paths.outputs=..."
-        )
 
 
 _EXTRAS_REGISTERED = False
 
 
 def _register_config_extras() -> None:
-    """Register the ``ref`` group's options and the run-id resolver (once per process)."""
+    """Register the ``ref`` group's options and reprlab's resolvers (once per process)."""
     global _EXTRAS_REGISTERED
     if _EXTRAS_REGISTERED:
         return
     from omegaconf import OmegaConf
 
-    from reprlab.config import register_ref_group
+    from reprlab.config import register_ref_group, register_resolvers
     from reprlab.runs import RUN_ID
 
     register_ref_group()
+    register_resolvers()
     OmegaConf.register_new_resolver("reprlab_run_id", lambda: RUN_ID, replace=True)
     _EXTRAS_REGISTERED = True
 
 
 def _hydra_task(cfg: Any) -> Any:
+    """One Hydra job. In a sweep, a failed job is recorded and the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from reprlab import sweeps
     from reprlab.execute import execute
 
+    hydra_cfg = HydraConfig.get()
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         return execute(cfg)
     except ReprlabError as err:
         if _debug():
             raise
-        sys.exit(fail(str(err)))
+        if not in_sweep:
+            sys.exit(fail(str(err)))
+        sweeps.record_failure(hydra_cfg, str(err))
+    except Exception as err:
+        if not in_sweep or _debug():
+            raise  # a bug: Hydra prints its traceback
+        logging.getLogger("reprlab").exception("sweep job %s failed", hydra_cfg.job.num)
+        sweeps.record_failure(hydra_cfg, f"{type(err).__name__}: {err}".splitlines()[0])
+    return None
 
 
 def run_command(args: Sequence[str]) -> int:
-    """``reprlab run``: validate, then hand ``args`` to Hydra unchanged."""
+    """``reprlab run``: validate, then hand ``args`` to Hydra unchanged.
+
+    Exit codes: 0 done; 2 a bad input (nothing written); 1 a run or some sweep jobs failed;
+    130/143 interrupted by SIGINT/SIGTERM (run.json says so).
+    """
+    from reprlab.execute import install_signal_handlers
+
+    install_signal_handlers()
     overrides, multirun, info_only = split_hydra_args(args)
-    if not info_only:
+    if "--shell-completion" not in args and "-sc" not in args:
         try:
-            preflight(overrides, multirun)
+            preflight(overrides, multirun, validate=not info_only)
         except ReprlabError as err:
             if _debug():
                 raise
             return fail(str(err))
     import hydra
 
+    from reprlab import sweeps
     from reprlab.config import config_dir
 
     _register_config_extras()
@@ -198,8 +284,12 @@ def run_command(args: Sequence[str]) -> int:
         _hydra_task
     )
     sys.argv = ["reprlab run", *args]
+    sweeps.FAILURES.clear()
     main()
-    return 0
+    swept = swept_keys(overrides) if sweeps.FAILURES else set()
+    for failure in sweeps.FAILURES:
+        print(f"reprlab: error: sweep job {failure.describe(swept or None)}", file=sys.stderr)
+    return 1 if sweeps.FAILURES else 0
 
 
 # --- cache ------------------------------------------------------------------------------------
@@ -413,10 +503,22 @@ def taps_command(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from reprlab.report import gather_runs, print_table, write_report
 
-    table = gather_runs(args.runs_dir)
+    root = Path(args.runs_dir)
+    if root.exists() and not root.is_dir():
+        raise ReprlabError(f"{root} is a file; `reprlab report` needs a run or sweep directory")
+    skipped: list[str] = []
+
+    def warn(message: str) -> None:
+        skipped.append(message)
+        print(f"reprlab: warning: {message}", file=sys.stderr)
+
+    table = gather_runs(root, warn=warn)
     if table.empty:
-        raise ReprlabError(f"no run.json under {args.runs_dir}; is it a runs directory?")
-    written = write_report(args.runs_dir, table, "report")
+        unreadable = f" ({len(skipped)} unreadable, skipped)" if skipped else ""
+        raise ReprlabError(
+            f"no readable run.json under {root}{unreadable}; is it a runs directory?"
+        )
+    written = write_report(root, table, "report")
     print_table(table)
     print(f"\n{len(table)} runs -> {', '.join(str(p) for p in written)}")
     return 0
@@ -508,13 +610,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``reprlab`` console script and ``python -m reprlab``."""
+    from reprlab.execute import Interrupted
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "run":
-        return run_command(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv and argv[0] == "run":
+            return run_command(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except ReprlabError as err:
         if _debug():
             raise
         return fail(str(err))
+    except (KeyboardInterrupt, Interrupted) as err:
+        if _debug():
+            raise
+        interrupted = err if isinstance(err, Interrupted) else Interrupted.from_keyboard()
+        print(f"reprlab: {interrupted.describe()}", file=sys.stderr)
+        return interrupted.exit_code

@@ -7,6 +7,7 @@ one-line :class:`~reprlab.errors.ReprlabError` before any work starts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,9 @@ from reprlab.train import TRAINING_METHODS
 
 GROUPS = ("dataset", "model", "attack", "analysis", "ref", "experiment")
 """Config groups a user picks options from; ``ref`` offers the same options as ``model``."""
+
+MAX_SEED = 2**32 - 1
+"""Seeds are 0..2**32-1: what NumPy, torch and Python all accept."""
 
 
 def config_dir() -> Path:
@@ -51,19 +55,42 @@ def register_ref_group() -> None:
         store.store(group="ref", name=name, node={"defaults": [f"/model/{name}@_here_"]})
 
 
+def snapshot_epochs_upto(epochs_list: Any, epochs: Any) -> Any:
+    """``${reprlab_snapshots:[1, 5, 10, ...],${.train.epochs}}``: a recipe's default snapshots.
+
+    Keeps the listed epochs up to ``epochs`` and adds ``epochs`` itself, so the default follows
+    ``model.train.epochs`` (``model.train.epochs=1`` keeps epoch 1). A list given on the command
+    line replaces the default and is checked as given. A malformed ``epochs`` returns the list
+    unchanged, so the recipe check names ``train.epochs`` itself.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        return epochs_list
+    try:
+        kept = sorted({int(e) for e in epochs_list if int(e) <= epochs})
+    except (TypeError, ValueError):
+        return epochs_list
+    return [*(e for e in kept if e != epochs), epochs]
+
+
+def register_resolvers() -> None:
+    """Register the resolvers reprlab's YAML uses; safe to call again.
+
+    ``reprlab_snapshots``: :func:`snapshot_epochs_upto`. ``reprlab_once``: its argument, cached,
+    so every job of a sweep sees the value the sweep's own config resolved first (the sweep
+    directory stays one directory when ``analysis=`` is swept).
+    """
+    if not OmegaConf.has_resolver("reprlab_snapshots"):
+        OmegaConf.register_new_resolver("reprlab_snapshots", snapshot_epochs_upto)
+    if not OmegaConf.has_resolver("reprlab_once"):
+        OmegaConf.register_new_resolver("reprlab_once", lambda value: value, use_cache=True)
+
+
 # --- schemas -------------------------------------------------------------------------------
 
 
 ATTACK_KINDS = ("pgd", "autoattack")
-TRAIN_SPLIT_SIZES = {
-    "mnist": 60_000,
-    "fashion_mnist": 60_000,
-    "cifar10": 50_000,
-    "cifar100": 50_000,
-    "svhn": 73_257,
-    "synthetic": 2_000,
-}
-"""Training images of the datasets a validation split can be carved from (held in memory)."""
+IN_MEMORY_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "synthetic")
+"""Datasets held in memory, from whose training split a validation split can be carved."""
 CHECKPOINTS = ("last", "best")
 BN_MODES = ("eval", "train")
 
@@ -151,6 +178,36 @@ class DatasetSpec:
 
 
 @dataclass
+class MonitorSpec:
+    """Held-out metrics after every training epoch (``monitor.*``)."""
+
+    examples: int | None
+    batch_size: int
+    attack_steps: int
+
+
+@dataclass
+class PathsSpec:
+    """Where runs, data and the store live (``paths.*``)."""
+
+    outputs: str
+    data: str
+    store: str
+
+
+@dataclass
+class RunSettings:
+    """The top-level settings of every run (conf/config.yaml documents them)."""
+
+    device: str
+    seed: int
+    progress: bool
+    num_workers: int
+    monitor: MonitorSpec
+    paths: PathsSpec
+
+
+@dataclass
 class AttackSpec:
     """A PGD attack an analysis uses (robust evaluation, adversarial inputs): ``kind: pgd``.
 
@@ -203,6 +260,8 @@ def typed(node: Any, schema: type, where: str) -> Any:
     """
     if node is None:
         raise ReprlabError(f"{where} is missing; pick an option for it on the command line")
+    if not isinstance(node, (dict, DictConfig)):
+        raise ReprlabError(f"{where}={_show(node)} is invalid: it must be a group of keys")
     try:
         if isinstance(node, DictConfig):
             node = OmegaConf.to_container(node, resolve=True)
@@ -210,18 +269,36 @@ def typed(node: Any, schema: type, where: str) -> Any:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
-        reason = str(err).splitlines()[0]
-        raise ReprlabError(f"{where}.{key}: {reason}" if key else f"{where}: {reason}") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        name = ".".join(part for part in (where, key) if part)
+        raise ReprlabError(f"{name}: {reason}" if name else reason) from None
 
 
 def recipe(node: Any, where: str = "model") -> ModelRecipe:
     """The validated :class:`ModelRecipe` of a ``model`` or ``ref`` config node."""
     spec: ModelRecipe = typed(node, ModelRecipe, where)
+    check_label(f"{where}.name", spec.name)
+    check_seed(f"{where}.seed", spec.seed)
     t = spec.train
     check_positive(f"{where}.train.epochs", t.epochs)
-    check_positive(f"{where}.train.batch_size", t.batch_size)
+    if not t.batch_size >= 2:
+        raise ReprlabError(
+            f"{where}.train.batch_size={t.batch_size} is invalid: it must be >= 2 "
+            "(BatchNorm cannot train on one example)"
+        )
     check_positive(f"{where}.train.lr", t.lr)
     check_non_negative(f"{where}.train.weight_decay", t.weight_decay)
+    if not 0 <= t.momentum < 1:
+        raise ReprlabError(
+            f"{where}.train.momentum={_show(t.momentum)} is invalid: it must be in [0, 1) "
+            "(SGD momentum, Adam's beta1)"
+        )
+    check_positive(f"{where}.train.gamma", t.gamma)
+    if t.nesterov and t.optimizer == "sgd" and t.momentum == 0:
+        raise ReprlabError(
+            f"{where}.train.nesterov=true needs {where}.train.momentum > 0 (Nesterov momentum "
+            "without momentum is plain SGD); set one of them"
+        )
     check_choice(f"{where}.train.optimizer", t.optimizer, OPTIMIZERS)
     check_choice(f"{where}.train.schedule", t.schedule, SCHEDULES)
     if not all(0 < m < 1 for m in t.milestones):
@@ -232,7 +309,7 @@ def recipe(node: Any, where: str = "model") -> ModelRecipe:
     bad = [e for e in spec.snapshot_epochs if not 1 <= e <= t.epochs]
     if bad:
         raise ReprlabError(
-            f"{where}.snapshot_epochs has {bad} outside 1..{t.epochs} (model.train.epochs)"
+            f"{where}.snapshot_epochs has {bad} outside 1..{t.epochs} ({where}.train.epochs)"
         )
     if spec.adversary is not None:
         a = spec.adversary
@@ -274,7 +351,7 @@ def attack_spec(node: Any, where: str = "attack") -> AttackSpec | AutoAttackSpec
     check_non_negative(f"{where}.eps", spec.eps)
     if spec.step_size is not None:
         check_positive(f"{where}.step_size", spec.step_size)
-    check_non_negative(f"{where}.steps", spec.steps)
+    check_positive(f"{where}.steps", spec.steps)
     check_positive(f"{where}.restarts", spec.restarts)
     if spec.restarts > 1 and not spec.random_start:
         raise ReprlabError(
@@ -322,32 +399,112 @@ def dataset_spec(node: Any) -> DatasetSpec:
 
     spec: DatasetSpec = typed(node, DatasetSpec, "dataset")
     check_choice("dataset.name", spec.name, tuple(available_datasets()))
+    check_nonempty("dataset.root", spec.root)
     if spec.train_limit is not None:
         check_positive("dataset.train_limit", spec.train_limit)
+    check_non_negative("dataset.eps_linf", spec.eps_linf)
+    check_non_negative("dataset.eps_l2", spec.eps_l2)
     return spec
+
+
+def run_settings(cfg: DictConfig) -> RunSettings:
+    """The validated top-level :class:`RunSettings` of a composed run config."""
+    from dataclasses import fields
+
+    values = {}
+    for item in fields(RunSettings):
+        try:
+            node = cfg.get(item.name)
+            if isinstance(node, (DictConfig, ListConfig)):
+                node = OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ReprlabError(f"{item.name}: {reason}") from None
+        values[item.name] = node
+    spec: RunSettings = typed(values, RunSettings, "")
+    check_seed("seed", spec.seed)
+    check_non_negative("num_workers", spec.num_workers)
+    if spec.monitor.examples is not None:
+        check_positive("monitor.examples", spec.monitor.examples)
+    check_positive("monitor.batch_size", spec.monitor.batch_size)
+    check_positive("monitor.attack_steps", spec.monitor.attack_steps)
+    for name in ("outputs", "data", "store"):
+        check_nonempty(f"paths.{name}", getattr(spec.paths, name))
+    return spec
+
+
+def max_radius(norm: str, info: Any) -> float:
+    """The largest meaningful attack radius in pixel units: the diameter of the image cube
+    [0, 1]^(c×h×w) under ``norm`` (1 for L∞, sqrt(c·h·w) for L2)."""
+    if norm == "l2":
+        return math.sqrt(info.channels * info.image_size**2)
+    return 1.0
+
+
+def check_radius(key: str, eps: float, norm: str, info: Any) -> None:
+    """Raise ReprlabError unless 0 <= ``eps`` <= the image cube's diameter under ``norm``."""
+    check_non_negative(key, eps)
+    bound = max_radius(norm, info)
+    if eps > bound:
+        raise ReprlabError(
+            f"{key}={_show(eps)} is invalid: {norm} radii are in pixel units (images in [0, 1]), "
+            f"so at most {bound:.4g} on {info.name}"
+        )
 
 
 def validate(cfg: DictConfig) -> None:
     """Check what every run shares; raise ReprlabError (one line) on the first problem found.
 
-    Checks the model (and ref) recipes, the dataset, the attack and the top-level settings. The
+    Checks the top-level settings, the dataset, the model (and ref) recipes and the attack,
+    including ranges that depend on the dataset (attack radii, the training batch size). The
     analysis's own parameters are its runner's schema and the dataset's files are checked by
     :func:`check_data`; :func:`reprlab.analyses.validate_run` calls all three.
     """
+    from reprlab.data import dataset_info, train_size
     from reprlab.models import available_archs
     from reprlab.runtime import resolve_device
 
+    settings = run_settings(cfg)
     dataset = dataset_spec(cfg.get("dataset"))
+    info = dataset_info(dataset.name)
+    available = train_size(dataset.name)
+    if dataset.train_limit is not None:
+        available = min(available or dataset.train_limit, dataset.train_limit)
+    if cfg.get("model") is None:
+        raise ReprlabError(
+            f"no model chosen; every analysis needs one: add model=<recipe> "
+            f"(one of: {', '.join(group_options('model'))})"
+        )
     for where in ("model", "ref"):
-        if cfg.get(where) is not None:
-            spec = recipe(cfg[where], where)
-            check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
-            check_validation_fits(spec, dataset, where)
-    attack_spec(cfg.get("attack"))
-    resolve_device(str(cfg.device))
+        if cfg.get(where) is None:
+            continue
+        spec = recipe(cfg[where], where)
+        check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
+        check_validation_fits(spec, dataset, where)
+        if spec.adversary is not None:
+            check_radius(f"{where}.adversary.eps", spec.adversary.eps, spec.adversary.norm, info)
+        if available is not None and spec.train.batch_size > available:
+            raise ReprlabError(
+                f"{where}.train.batch_size={spec.train.batch_size} is invalid: {dataset.name} "
+                f"has {available} training images here; lower it (or raise dataset.train_limit)"
+            )
+    attack = attack_spec(cfg.get("attack"))
+    check_radius("attack.eps", attack.eps, attack.norm, info)
+    if isinstance(attack, AttackSpec) and attack.targeted:
+        raise ReprlabError(
+            "attack.targeted=true is invalid: reprlab's analyses measure and craft untargeted "
+            "attacks (there are no target labels to aim at); use attack.targeted=false"
+        )
+    resolve_device(settings.device)
     analysis = cfg.get("analysis")
-    if analysis is None or "name" not in analysis:
+    if not isinstance(analysis, DictConfig) or "name" not in analysis:
         raise ReprlabError("no analysis chosen; pick one, e.g. analysis=evaluate")
+    try:
+        name = analysis.name
+    except OmegaConfBaseException as err:
+        raise ReprlabError(f"analysis.name: {str(err).splitlines()[0]}") from None
+    if not isinstance(name, str):
+        raise ReprlabError(f"analysis.name={_show(name)} is invalid: name an analysis")
 
 
 def check_validation_fits(spec: ModelRecipe, dataset: DatasetSpec, where: str = "model") -> None:
@@ -355,8 +512,10 @@ def check_validation_fits(spec: ModelRecipe, dataset: DatasetSpec, where: str = 
     of ``dataset`` (after ``train_limit``), and the dataset is one it can be carved from."""
     if spec.validation is None:
         return
-    size = TRAIN_SPLIT_SIZES.get(dataset.name)
-    if size is None:
+    from reprlab.data import train_size
+
+    size = train_size(dataset.name)
+    if size is None or dataset.name not in IN_MEMORY_DATASETS:
         raise ReprlabError(
             f"{where}.validation: a validation split of {dataset.name} (streamed from disk) is "
             f"not supported; set {where}.validation=null"
@@ -396,12 +555,37 @@ def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def check_positive(key: str, value: float) -> None:
-    """Raise ReprlabError unless ``value`` > 0."""
+    """Raise ReprlabError unless ``value`` is a finite number > 0."""
     if not value > 0:
         raise ReprlabError(f"{key}={_show(value)} is invalid: it must be > 0")
+    if not math.isfinite(value):
+        raise ReprlabError(f"{key}={_show(value)} is invalid: it must be a finite number > 0")
 
 
 def check_non_negative(key: str, value: float) -> None:
-    """Raise ReprlabError unless ``value`` >= 0."""
+    """Raise ReprlabError unless ``value`` is a finite number >= 0."""
     if not value >= 0:
         raise ReprlabError(f"{key}={_show(value)} is invalid: it must be >= 0")
+    if not math.isfinite(value):
+        raise ReprlabError(f"{key}={_show(value)} is invalid: it must be a finite number >= 0")
+
+
+def check_seed(key: str, value: int) -> None:
+    """Raise ReprlabError unless ``value`` is a seed NumPy, torch and Python all take."""
+    if not 0 <= value <= MAX_SEED:
+        raise ReprlabError(f"{key}={value} is invalid: seeds are integers in 0..{MAX_SEED}")
+
+
+def check_label(key: str, value: str) -> None:
+    """Raise ReprlabError unless ``value`` can name files: non-empty, printable, no path
+    separator (recipe names become parts of result file names)."""
+    if not value.strip() or not value.isprintable() or "/" in value or value in (".", ".."):
+        raise ReprlabError(
+            f"{key}={value!r} is invalid: a name must be non-empty, printable and without '/'"
+        )
+
+
+def check_nonempty(key: str, value: str) -> None:
+    """Raise ReprlabError unless ``value`` (a path) is a non-blank string."""
+    if not value.strip():
+        raise ReprlabError(f"{key}={value!r} is invalid: give a directory")

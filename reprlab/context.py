@@ -9,7 +9,7 @@ to obtain them (store hit, or train once under the store's lock); what a recipe 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -52,6 +52,46 @@ class LoadedModel:
         return self.entry.key
 
 
+def _names(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def state_dict_mismatch(expected: Mapping[str, Any], given: Any) -> str:
+    """How a state_dict ``given`` differs from ``expected`` (a model's own), as one line naming
+    the keys: missing, unexpected, and those whose tensor shapes differ. Empty when it fits."""
+    if not isinstance(given, Mapping):
+        return f"it holds a {type(given).__name__}, not a state_dict of named tensors"
+    missing = [k for k in expected if k not in given]
+    unexpected = [str(k) for k in given if k not in expected]
+    shapes = [
+        f"{k} {list(given[k].shape)} vs {list(v.shape)} expected"
+        for k, v in expected.items()
+        if k in given and isinstance(given[k], torch.Tensor) and given[k].shape != v.shape
+    ]
+    not_tensors = [
+        str(k) for k in given if k in expected and not isinstance(given[k], torch.Tensor)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {_names(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {_names(unexpected)}")
+    if shapes:
+        parts.append(f"shapes differ: {_names(shapes, 3)}")
+    if not_tensors:
+        parts.append(f"not tensors: {_names(not_tensors)}")
+    return "; ".join(parts)
+
+
+def load_error(model: torch.nn.Module, state: Any, err: BaseException) -> str:
+    """Why ``model.load_state_dict(state)`` failed, as one line naming the differing keys."""
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        return mismatch
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
 class RunContext:
     """Services for one run: device, dataset, artifact store and the run directory."""
 
@@ -72,7 +112,8 @@ class RunContext:
         """The validated recipe of config node ``where`` (``model`` or ``ref``)."""
         node = self.cfg.get(where)
         if node is None:
-            raise ReprlabError(f"this analysis needs a second model: add {where}=<recipe>")
+            what = "a model" if where == "model" else "a second model"
+            raise ReprlabError(f"this analysis needs {what}: add {where}=<recipe>")
         return recipe(node, where)
 
     def build(self, spec: ModelRecipe) -> Classifier:
@@ -98,6 +139,7 @@ class RunContext:
             "device": str(self.device),
             "run": str(self.run.path),
         }
+        # Recorded before the store is asked, so a run killed while training says which model.
         self.run.update(models={where: {"name": spec.name, "key": key}})
         entry, trained = self.store.obtain(
             key,
@@ -149,9 +191,9 @@ class RunContext:
         model = self.build(spec)
         try:
             model.load_state_dict(state)
-        except RuntimeError as err:
+        except (RuntimeError, TypeError, AttributeError) as err:
             raise ReprlabError(
-                f"{origin} does not fit {spec.arch}: {str(err).splitlines()[0]}"
+                f"{origin} does not fit {spec.arch}: {load_error(model, state, err)}"
             ) from None
         return model.to(self.device).eval()
 

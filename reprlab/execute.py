@@ -1,18 +1,83 @@
-"""The body of one Hydra job: validate, seed, open the run directory, dispatch to the runner."""
+"""The body of one Hydra job: validate, seed, open the run directory, dispatch to the runner.
+
+Every run that starts ends recorded in its run.json: ``completed``, ``failed`` (with the error)
+or ``interrupted`` (SIGINT or SIGTERM, with the signal). A signal ends the process with the
+shell's convention, 128 + the signal number (130 for Ctrl-C, 143 for ``kill``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import signal
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from reprlab.errors import ReprlabError
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 log = logging.getLogger("reprlab")
+
+
+class Interrupted(BaseException):
+    """The process was asked to stop by a signal (SIGTERM, or SIGINT as a KeyboardInterrupt).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (Hydra's
+    job wrapper included) mistakes it for a failure of the run.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(self.signal_name)
+
+    @classmethod
+    def from_keyboard(cls) -> Interrupted:
+        return cls(signal.SIGINT)
+
+    @property
+    def signal_name(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum
+
+    def describe(self) -> str:
+        return f"interrupted by {self.signal_name} (exit {self.exit_code})"
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM raise :class:`Interrupted` (SIGINT already raises KeyboardInterrupt), so a
+    run ends recorded instead of being killed mid-write. Only the main thread can do this."""
+    with contextlib.suppress(ValueError):  # not the main thread: leave the defaults
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM inside the block (while an ending run is recorded)."""
+    previous = {}
+    with contextlib.suppress(ValueError):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _discard_unused_run_dir(path: Path) -> None:
@@ -27,7 +92,11 @@ def _discard_unused_run_dir(path: Path) -> None:
 
 
 def execute(cfg: DictConfig) -> dict[str, Any]:
-    """Run the analysis ``cfg.analysis.name`` in Hydra's output directory; return its summary."""
+    """Run the analysis ``cfg.analysis.name`` in Hydra's output directory; return its summary.
+
+    Raises ReprlabError (run.json ``failed``), :class:`Interrupted` on SIGINT/SIGTERM (run.json
+    ``interrupted``), or the runner's own exception (run.json ``failed``).
+    """
     from hydra.core.hydra_config import HydraConfig
 
     from reprlab.analyses import get_analysis, validate_run
@@ -45,19 +114,32 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     analysis = get_analysis(cfg.analysis.name)
     seeds = seed_everything(int(cfg.seed))
     run = RunDirectory(path)
-    ctx = RunContext(cfg, run)
-    run.start(
-        analysis=analysis.name,
-        overrides=list(hydra_cfg.overrides.task),
-        seed=int(cfg.seed),
-        device=str(ctx.device),
-    )
-    run.update(seeds=seeds, dataset=ctx.dataset.name)
-    log.info("%s run in %s", analysis.name, path)
     try:
+        ctx = RunContext(cfg, run)
+        run.start(
+            analysis=analysis.name,
+            overrides=list(hydra_cfg.overrides.task),
+            seed=int(cfg.seed),
+            device=str(ctx.device),
+        )
+        run.update(seeds=seeds, dataset=ctx.dataset.name)
+        log.info("%s run in %s", analysis.name, path)
         summary = analysis.run(cfg, ctx)
+    except (KeyboardInterrupt, Interrupted) as err:
+        stop = err if isinstance(err, Interrupted) else Interrupted.from_keyboard()
+        with signals_deferred():
+            if run.record:
+                run.finish("interrupted", error=stop.describe())
+        raise stop from None
     except BaseException as err:
-        run.finish("failed", error="".join(traceback.format_exception_only(type(err), err)).strip())
+        with signals_deferred():
+            if run.record:
+                error = (
+                    str(err)
+                    if isinstance(err, ReprlabError)
+                    else "".join(traceback.format_exception_only(type(err), err)).strip()
+                )
+                run.finish("failed", error=error)
         raise
     run.finish("completed", summary)
     log.info("results in %s", path)

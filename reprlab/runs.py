@@ -97,6 +97,7 @@ class RunDirectory:
             "overrides": overrides,
             "argv": sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "started_unix": round(self._started, 3),
             "git": git_state(),
             "versions": package_versions(),
             "host": platform.node(),
@@ -120,7 +121,8 @@ class RunDirectory:
     def finish(
         self, status: str, summary: dict[str, Any] | None = None, error: str | None = None
     ) -> None:
-        """Mark the run ``completed`` or ``failed`` with its summary and total time."""
+        """Mark the run ``completed``, ``failed`` or ``interrupted`` with its summary (or error)
+        and total time."""
         self._record["status"] = status
         self._record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._record["timings"]["total_seconds"] = round(time.time() - self._started, 3)

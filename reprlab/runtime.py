@@ -14,15 +14,33 @@ from reprlab.errors import ReprlabError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """Return the torch device for ``name``: ``auto`` picks CUDA when present, else CPU."""
+    """Return the torch device for ``name``: ``auto`` picks CUDA when present, else CPU.
+
+    Only ``auto``, ``cpu``, ``cuda`` and ``cuda:N`` (an existing GPU) are accepted: reprlab
+    runs on nothing else (torch also parses ``meta``, ``mps``, ``cpu:3`` ...).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as err:
-        raise ReprlabError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ReprlabError(f"device '{name}' asked for but CUDA is not available; use device=auto")
+    except (RuntimeError, ValueError):
+        device = None
+    if (
+        device is None
+        or device.type not in ("cpu", "cuda")
+        or (device.type == "cpu" and device.index not in (None, 0))
+    ):
+        raise ReprlabError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ReprlabError(
+                f"device '{name}' asked for but CUDA is not available; use device=auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ReprlabError(
+                f"device '{name}' does not exist: this machine has "
+                f"{torch.cuda.device_count()} GPU(s), cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
     return device
 
 

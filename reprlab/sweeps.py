@@ -1,13 +1,77 @@
-"""Hydra's side of a sweep: when a multirun ends, gather its jobs into one table."""
+"""Hydra's side of a sweep: failed jobs are recorded, and when the sweep ends its jobs are
+gathered into one table (``summary.csv``), failed ones listed with their error."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hydra.experimental.callback import Callback
 
 from reprlab.report import gather_runs, print_table, write_report
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """A sweep job that ended with an error (the sweep went on without it)."""
+
+    num: int
+    overrides: tuple[str, ...]
+    directory: Path
+    error: str
+
+    def describe(self, keys: Collection[str] | None = None) -> str:
+        """One line: the job's number, its overrides (those of ``keys`` only, e.g. the swept
+        ones, when given) and the error."""
+        shown = [
+            o for o in self.overrides if keys is None or o.split("=", 1)[0].lstrip("+~") in keys
+        ]
+        return f"{self.num} [{' '.join(shown)}] failed: {self.error}"
+
+
+FAILURES: list[JobFailure] = []
+"""The failed jobs of the sweep running in this process, in order."""
+
+
+def record_failure(hydra_cfg: Any, error: str) -> None:
+    """Remember that the current Hydra job failed with ``error`` (one line)."""
+    FAILURES.append(
+        JobFailure(
+            num=int(hydra_cfg.job.num),
+            overrides=tuple(hydra_cfg.overrides.task),
+            directory=Path(hydra_cfg.runtime.output_dir),
+            error=error,
+        )
+    )
+
+
+def _warn(message: str) -> None:
+    print(f"reprlab: warning: {message}", file=sys.stderr)
+
+
+def failure_rows(sweep_dir: Path, table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows for failed jobs that left no run.json (failed before their run started)."""
+    listed = set(table["run"]) if "run" in table.columns else set()
+    rows = []
+    for failure in FAILURES:
+        try:
+            where = str(failure.directory.resolve().relative_to(sweep_dir.resolve()))
+        except ValueError:
+            where = str(failure.directory)
+        if where not in listed:
+            rows.append(
+                {
+                    "run": where,
+                    "status": "failed",
+                    "overrides": " ".join(failure.overrides),
+                    "error": failure.error,
+                }
+            )
+    return rows
 
 
 class SweepSummary(Callback):
@@ -15,7 +79,10 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        table = gather_runs(sweep_dir)
+        table = gather_runs(sweep_dir, warn=_warn)
+        extra = failure_rows(sweep_dir, table)
+        if extra:
+            table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
         if table.empty:
             return
         written = write_report(sweep_dir, table, "summary")

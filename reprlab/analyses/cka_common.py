@@ -87,6 +87,11 @@ def taps_of(s: CKASettings, model: Classifier) -> tuple[str, ...]:
     """The taps to compare: ``blocks`` (default), ``all`` layers, or a list; forward order."""
     spec = s.taps
     if not isinstance(spec, str):
+        if not isinstance(spec, (list, tuple)) or not all(isinstance(t, str) for t in spec):
+            raise ReprlabError(
+                f"analysis.taps={spec!r} is invalid: use blocks, all or a list of tap names "
+                "(see `reprlab taps model=<recipe>`)"
+            )
         spec = list(spec)
         if not spec:
             raise ReprlabError("analysis.taps=[] names no tap; use blocks, all or a list of taps")

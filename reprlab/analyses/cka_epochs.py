@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from reprlab import plots
 from reprlab.analyses import cka_common as common
 from reprlab.analyses.cka_common import CKASettings
+from reprlab.config import recipe
 from reprlab.context import RunContext
 from reprlab.errors import ReprlabError
 from reprlab.layerwise import Member
@@ -37,11 +38,19 @@ BEST = "best"
 
 def settings(cfg: DictConfig) -> Settings:
     s: Settings = common.settings(cfg, Settings)
+    spec = recipe(cfg.model)
+    final = spec.train.epochs
+    wants_best = s.epochs is not None and BEST in s.epochs
+    if not wants_best and not any(e != final for e in spec.snapshot_epochs):
+        raise ReprlabError(
+            f"cka_epochs compares kept snapshots with the final epoch, but model.snapshot_epochs="
+            f"{spec.snapshot_epochs} keeps none before epoch {final}; keep one, "
+            f"e.g. model.snapshot_epochs=[1,{final}]"
+        )
     if s.epochs is None:
         return s
     if BEST in s.epochs:
-        validation = cfg.model.get("validation")
-        if validation is None or not validation.get("keep_best"):
+        if spec.validation is None or not spec.validation.keep_best:
             raise ReprlabError(
                 "analysis.epochs has 'best', but the model recipe keeps no best-robust epoch; "
                 "set model.validation.keep_best=true (with a validation split)"
@@ -49,12 +58,17 @@ def settings(cfg: DictConfig) -> Settings:
     bad = [e for e in s.epochs if e != BEST and (isinstance(e, bool) or not isinstance(e, int))]
     if bad:
         raise ReprlabError(f"analysis.epochs has {bad}; give epoch numbers or 'best'")
-    kept = set(cfg.model.snapshot_epochs) | {cfg.model.train.epochs}
+    kept = set(spec.snapshot_epochs) | {final}
     unknown = sorted(e for e in s.epochs if e != BEST and e not in kept)
     if unknown:
         raise ReprlabError(
             f"analysis.epochs has {unknown}, which model.snapshot_epochs does not keep "
             f"({sorted(kept)}); choose among those"
+        )
+    if all(e == final for e in s.epochs):
+        raise ReprlabError(
+            f"analysis.epochs={s.epochs} names only the final epoch; add an earlier kept one "
+            f"({sorted(kept - {final})})"
         )
     return s
 

@@ -35,11 +35,13 @@ from reprlab.config import (
     attack_spec,
     check_non_negative,
     check_positive,
+    check_radius,
     config_dir,
     group_options,
     typed,
 )
 from reprlab.context import RunContext
+from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.recipes import describe_adversary, make_attack
 from reprlab.runtime import module_mode
@@ -109,14 +111,15 @@ def settings(cfg: DictConfig) -> Settings:
     check_positive("analysis.batch_size", s.batch_size)
     check_non_negative("analysis.disagreement", s.disagreement)
     check_non_negative("analysis.zero_gradient_share", s.zero_gradient_share)
-    try:
-        values = radii(cfg, s.eps)
-    except (TypeError, ValueError):
-        raise ReprlabError(
-            f"analysis.eps={s.eps} is invalid: give a list of radii, e.g. analysis.eps=[0.1,0.3]"
-        ) from None
-    for value in values:
-        check_non_negative("analysis.eps", value)
+    attack = attack_spec(cfg.attack)
+    given = s.eps if isinstance(s.eps, list) else [s.eps] if s.eps is not None else []
+    for value in given:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ReprlabError(
+                f"analysis.eps={s.eps} is invalid: give a radius or a list of radii, "
+                "e.g. analysis.eps=[0.1,0.3]"
+            )
+        check_radius("analysis.eps", value, attack.norm, dataset_info(cfg.dataset.name))
     if s.attacks is not None and not s.attacks:
         raise ReprlabError("analysis.attacks is empty; name at least one, e.g. [attack]")
     attack_specs(cfg, s.attacks)

@@ -18,6 +18,7 @@ from reprlab.data.registry import (
     download,
     load_tensors,
     subset_indices,
+    train_size,
 )
 
 
@@ -38,4 +39,5 @@ __all__ = [
     "load_tensors",
     "make_loader",
     "subset_indices",
+    "train_size",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import pickle
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,6 +96,16 @@ _REGISTRY: dict[str, DatasetInfo] = {
 
 _IMAGENETS = ("imagenet", "restricted_imagenet")
 
+# Size of each training split (published counts; synthetic: SYNTHETIC_SIZES). Unknown: None.
+_TRAIN_SIZES: dict[str, int] = {
+    "mnist": 60_000,
+    "fashion_mnist": 60_000,
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "svhn": 73_257,
+    "imagenet": 1_281_167,
+}
+
 
 def available_datasets() -> list[str]:
     """Registry names of all datasets, the default (mnist) first."""
@@ -109,6 +120,15 @@ def dataset_info(name: str) -> DatasetInfo:
         raise ReprlabError(
             f"unknown dataset '{name}'; choose one of: {', '.join(available_datasets())}"
         ) from None
+
+
+def train_size(name: str) -> int | None:
+    """Number of images in the training split of ``name`` (None where it is not fixed, e.g.
+    restricted_imagenet, whose size depends on the folders present)."""
+    dataset_info(name)
+    if name == "synthetic":
+        return SYNTHETIC_SIZES["train"]
+    return _TRAIN_SIZES.get(name)
 
 
 def _check_split(split: str) -> None:
@@ -308,10 +328,19 @@ def _read_with_torchvision(name: str, root: Path, split: str) -> tuple[torch.Ten
             return images, torch.from_numpy(svhn.labels.astype(np.int64))
     except ImportError as err:
         raise ReprlabError(f"reading '{name}' needs {err.name}: `pip install {err.name}`") from err
-    except RuntimeError as err:
+    except (
+        RuntimeError,
+        AssertionError,
+        ValueError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+    ) as err:
+        # torchvision's readers assert on bad headers, fail to reshape truncated arrays, ...
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ReprlabError(
-            f"dataset '{name}' under {root} is incomplete or corrupt ({err}); delete its folder "
-            f"and run `reprlab download {name}`"
+            f"dataset '{name}' under {root} is incomplete or corrupt ({reason}); delete its "
+            f"folder and run `reprlab download {name}`"
         ) from err
     raise ValueError(f"no torchvision reader for '{name}'")
 
