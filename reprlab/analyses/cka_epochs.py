@@ -49,12 +49,11 @@ def settings(cfg: DictConfig) -> Settings:
         )
     if s.epochs is None:
         return s
-    if BEST in s.epochs:
-        if spec.validation is None or not spec.validation.keep_best:
-            raise ReprlabError(
-                "analysis.epochs has 'best', but the model recipe keeps no best-robust epoch; "
-                "set model.validation.keep_best=true (with a validation split)"
-            )
+    if BEST in s.epochs and (spec.validation is None or not spec.validation.keep_best):
+        raise ReprlabError(
+            "analysis.epochs has 'best', but the model recipe keeps no best-robust epoch; "
+            "set model.validation.keep_best=true (with a validation split)"
+        )
     bad = [e for e in s.epochs if e != BEST and (isinstance(e, bool) or not isinstance(e, int))]
     if bad:
         raise ReprlabError(f"analysis.epochs has {bad}; give epoch numbers or 'best'")
