@@ -89,8 +89,6 @@ def register_resolvers() -> None:
 
 
 ATTACK_KINDS = ("pgd", "autoattack")
-IN_MEMORY_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "synthetic")
-"""Datasets held in memory, from whose training split a validation split can be carved."""
 CHECKPOINTS = ("last", "best")
 BN_MODES = ("eval", "train")
 
@@ -512,10 +510,10 @@ def check_validation_fits(spec: ModelRecipe, dataset: DatasetSpec, where: str = 
     of ``dataset`` (after ``train_limit``), and the dataset is one it can be carved from."""
     if spec.validation is None:
         return
-    from reprlab.data import train_size
+    from reprlab.data import dataset_info, train_size
 
     size = train_size(dataset.name)
-    if size is None or dataset.name not in IN_MEMORY_DATASETS:
+    if size is None or not dataset_info(dataset.name).in_memory:
         raise ReprlabError(
             f"{where}.validation: a validation split of {dataset.name} (streamed from disk) is "
             f"not supported; set {where}.validation=null"

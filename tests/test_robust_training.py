@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from helpers import FAST, run_reprlab
 from test_attacks import _tiny_cnn
-from test_cli import assert_one_line_error
+from test_user_errors import BASE, keep_signal_handlers, run_in  # noqa: F401
 
 from reprlab import train
 from reprlab.attacks import PGD
@@ -97,6 +98,52 @@ def test_step_functions_match_the_authors_losses(model, batch, method, reference
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     assert set(stats) == {"acc", "robust_acc"}
     assert 0 <= stats["robust_acc"] <= len(y)
+
+
+@dataclass(frozen=True)
+class _FixedAdversary(PGD):
+    """An 'adversary' returning given points: the outer losses alone, on known x′."""
+
+    fixed: torch.Tensor | None = None
+
+    def __call__(self, model, x, y=None, **kwargs):  # noqa: ANN001, ANN003, ANN204
+        return self.fixed
+
+
+@pytest.mark.parametrize("method", ["trades", "mart"])
+def test_outer_losses_follow_the_papers_formulas(model, batch, method) -> None:
+    """Independent float64 recomputation from the papers' equations on fixed x′ (no inner loop):
+
+    TRADES (Zhang et al. 2019, eq. 5): (1/n) Σ_i [CE(f(x_i), y_i)
+      + β Σ_k p_k(x_i) log(p_k(x_i) / p_k(x′_i))];
+    MART (Wang et al. 2020, eq. 6): (1/n) Σ_i [−log p_y(x′_i) − log(1 − max_{k≠y} p_k(x′_i))
+      + λ KL(p(x_i) ‖ p(x′_i)) (1 − p_y(x_i))].
+    """
+    x, y = batch
+    model.eval()  # eval: every forward pass sees the same network
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(100)  # confident, so the KL terms weigh as much as the CE terms
+    generator = torch.Generator().manual_seed(1)
+    x_adv = (x + 3 * EPS * torch.sign(torch.randn(x.shape, generator=generator))).clamp(0, 1)
+    adversary = _FixedAdversary(eps=EPS, step_size=STEP, steps=1, fixed=x_adv)
+    beta = 6.0 if method == "trades" else 5.0
+    loss, _ = train._LOSSES[method](model, x, y, adversary, beta, torch.Generator())
+    with torch.no_grad():
+        p = F.softmax(model(x).double(), dim=1)
+        q = F.softmax(model(x_adv).double(), dim=1)
+    rows = torch.arange(len(y))
+    kl = (p * (p.log() - q.log())).sum(dim=1)
+    if method == "trades":
+        expected = (-p[rows, y].log() + beta * kl).mean()
+    else:
+        others = q.clone()
+        others[rows, y] = -1.0
+        bce = -q[rows, y].log() - (1 - others.max(dim=1).values).log()
+        expected = (bce + beta * kl * (1 - p[rows, y])).mean()
+    # the released code's guards (1e-12 in logs, 1.0001 and 1.0000001) shift it by < 1e-3
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-3)
+    assert (beta * kl).mean() > 0.2 * expected  # the robust term is a large part of the loss
 
 
 def test_trades_with_beta_zero_is_clean_cross_entropy(model, batch) -> None:
@@ -189,18 +236,29 @@ def test_checkpoint_best_picks_the_best_robust_validation_epoch(workdir: Path) -
         assert snapshot != meta["files"]["artifact.pt"]["sha256"]
 
 
+ROBUST_BAD_INPUTS = [
+    (["attack=autoattack", "attack.version=fast"], ["attack.version='fast'", "standard"]),
+    (["model=cnn_small_trades", "model.adversary.beta=-1"], ["model.adversary.beta"]),
+    (["model=cnn_small_mart", "model.adversary.method=free"], ["model.adversary.method"]),
+    (["model=cnn", "model.validation.examples=5000"],
+     ["model.validation.examples=5000", "2000 training images"]),
+    (["model.checkpoint=best"], ["model.checkpoint=best", "cnn_small"]),
+    (["analysis=cka_epochs", "analysis.epochs=[best]"], ["analysis.epochs has 'best'"]),
+    (["analysis=evaluate", "analysis.attacks=[nope]"], ["analysis.attacks has 'nope'"]),
+    (["attack=apgd_ce", "attack.attacks=[pgd]"], ["attack.attacks", "apgd-ce"]),
+]
+
+
 @pytest.mark.parametrize(
-    ("args", "fragments"),
-    [
-        (["attack=autoattack", "attack.version=fast"], ["attack.version='fast'", "standard"]),
-        (["model=cnn_small_trades", "model.adversary.beta=-1"], ["model.adversary.beta"]),
-        (["dataset=synthetic", "model=cnn", "model.validation.examples=5000"],
-         ["model.validation.examples=5000", "2000 training images"]),
-        (["model=cnn_small", "model.checkpoint=best"], ["model.checkpoint=best", "cnn_small"]),
-    ],
-)  # fmt: skip
-def test_bad_robust_settings_print_one_line_and_write_nothing(workdir, args, fragments) -> None:
-    result = run_reprlab("run", *args, cwd=workdir)
-    assert result.returncode == 2
-    assert_one_line_error(result, *fragments)
-    assert not (workdir / "outputs").exists()
+    ("args", "fragments"), ROBUST_BAD_INPUTS, ids=[" ".join(a) for a, _ in ROBUST_BAD_INPUTS]
+)
+def test_bad_robust_settings_print_one_line_and_write_nothing(
+    tmp_path, monkeypatch, capsys, args, fragments
+) -> None:
+    code, lines = run_in(tmp_path, monkeypatch, capsys, *BASE, *args)
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("reprlab: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == [], "nothing may be written before the error"
