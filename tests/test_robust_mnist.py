@@ -17,7 +17,13 @@ from reprlab.attacks import PGD, correct_under
 from reprlab.autoattack import AutoAttack
 from reprlab.cli import compose_config
 from reprlab.config import recipe
-from reprlab.data import TensorLoader, check_available, dataset_info, default_data_root, load_tensors
+from reprlab.data import (
+    TensorLoader,
+    check_available,
+    dataset_info,
+    default_data_root,
+    load_tensors,
+)
 from reprlab.errors import ReprlabError
 from reprlab.recipes import build_for, train_settings
 from reprlab.train import train_classifier

@@ -106,7 +106,7 @@ class _FixedAdversary(PGD):
 
     fixed: torch.Tensor | None = None
 
-    def __call__(self, model, x, y=None, **kwargs):  # noqa: ANN001, ANN003, ANN204
+    def __call__(self, model, x, y=None, **kwargs):
         return self.fixed
 
 
@@ -240,8 +240,10 @@ ROBUST_BAD_INPUTS = [
     (["attack=autoattack", "attack.version=fast"], ["attack.version='fast'", "standard"]),
     (["model=cnn_small_trades", "model.adversary.beta=-1"], ["model.adversary.beta"]),
     (["model=cnn_small_mart", "model.adversary.method=free"], ["model.adversary.method"]),
-    (["model=cnn", "model.validation.examples=5000"],
-     ["model.validation.examples=5000", "2000 training images"]),
+    (
+        ["model=cnn", "model.validation.examples=5000"],
+        ["model.validation.examples=5000", "2000 training images"],
+    ),
     (["model.checkpoint=best"], ["model.checkpoint=best", "cnn_small"]),
     (["analysis=cka_epochs", "analysis.epochs=[best]"], ["analysis.epochs has 'best'"]),
     (["analysis=evaluate", "analysis.attacks=[nope]"], ["analysis.attacks has 'nope'"]),
