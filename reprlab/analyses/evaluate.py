@@ -247,7 +247,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     stages = {c: float(at_eps[c]) for c in table.columns if ": " in c and pd.notna(at_eps[c])}
     if stages:
         summary["autoattack_stages"] = stages
-    summary["seconds"] = seconds
+    ctx.run.update(attack_seconds=seconds)  # timings: in run.json, not the (reproducible) summary
     summary["sanity"] = "ok" if not flags else ", ".join(flags)
     summary["flags"] = flags
     summary["flag_details"] = details
