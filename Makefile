@@ -17,7 +17,7 @@ help:
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,cluster]'
 	touch $@
 
 setup: $(STAMP)
@@ -32,6 +32,15 @@ demo: setup data
 	$(BIN)/reprlab run experiment=demo_cka
 # issue 12: PGD-20 and AutoAttack (authors' code) side by side on the robust CNN, 50 images (~1 min idle)
 	$(BIN)/reprlab run experiment=demo model=cnn_small_at attack=autoattack analysis.examples=50 analysis.eps=[0.2]
+	$(BIN)/reprlab run experiment=vulnerability_demo analysis.train_examples=1000 analysis.critic_epochs=2 analysis.search_steps=3
+	$(BIN)/reprlab run experiment=stir_demo analysis.models=null ref=cnn_small_at analysis.examples=100 analysis.repeats=2
+	$(BIN)/reprlab run -m experiment=stitching_demo pair=demo_std_rob,demo_rob_std analysis.examples=300
+	$(BIN)/reprlab run experiment=inversion_demo \
+	  analysis.inversion.examples=20 analysis.inversion.steps=300 analysis.inversion.ood_examples=10 \
+	  analysis.repr_distance.pairs=20 analysis.repr_distance.steps=50 analysis.repr_distance.eps=[1,2,4,8] \
+	  analysis.repr_distance.show_eps=[2,8] analysis.features.count=2 analysis.features.pool=500 \
+	  analysis.feature_vis.regularise=false analysis.feature_manip.images=10 analysis.interpolation.pairs=2 \
+	  analysis.interpolation.steps=300
 
 test: setup
 	$(BIN)/python -m pytest
@@ -47,6 +56,9 @@ bench: setup
 	$(BIN)/python scripts/bench_attack.py
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_cka.py
+	$(BIN)/python scripts/bench_vulnerability.py
+	$(BIN)/python scripts/bench_stitch.py
+	$(BIN)/python scripts/bench_inversion.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -186,30 +186,62 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
         )
 
 
-def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True) -> None:
+def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True) -> str | None:
     """Compose and validate every job of the run; raise ReprlabError on the first problem.
 
     With ``validate=False`` (``--cfg``, ``--info``, ``--help``) only the composition is checked:
-    unknown options and keys, malformed overrides.
+    unknown options and keys, malformed overrides. Returns the sweep directory of a validated
+    multirun as composed now (None otherwise), for :func:`pin_sweep_dir`.
     """
     from hydra.errors import HydraException
 
+    from reprlab import launchers
     from reprlab.analyses import validate_run
 
     try:
         check_group_choices(overrides)
+        launcher = launchers.check_installed(launchers.chosen_launcher(overrides))
         jobs = job_overrides(overrides, multirun)
     except HydraException as err:
         raise ReprlabError(one_line(str(err))) from None
+    stores = []
+    sweep_dir = None
     for job in jobs:
         try:
             cfg = compose_config(job, with_hydra=validate)
             if validate:
                 validate_run(cfg)
                 check_output_dirs(cfg, multirun)
+                stores.append(str(cfg.paths.store))
+                if multirun and sweep_dir is None:
+                    sweep_dir = str(cfg.hydra.sweep.dir)
         except ReprlabError as err:
             prefix = f"in sweep job [{' '.join(job)}]: " if multirun and len(jobs) > 1 else ""
             raise ReprlabError(f"{prefix}{err}") from None
+    if validate and multirun:
+        launchers.check_cluster(launcher, stores, warn=warn)
+    return sweep_dir
+
+
+def pin_sweep_dir(args: Sequence[str], sweep_dir: str | None) -> list[str]:
+    """``args`` with ``hydra.sweep.dir`` fixed to ``sweep_dir`` (unless the user set it).
+
+    The default sweep directory holds the time and this process's run id; a launcher plugin
+    re-resolves it in each job's own process (another node, for SLURM), where both differ. A
+    literal value keeps every job of the sweep in the one directory its summary gathers.
+    """
+    if (
+        sweep_dir is None
+        or any(a.split("=", 1)[0] == "hydra.sweep.dir" for a in args)
+        or any(c in os.path.abspath(sweep_dir) for c in ("'", "\\", "${"))  # Hydra escapes
+    ):
+        return list(args)
+    return [*args, f"hydra.sweep.dir='{os.path.abspath(sweep_dir)}'"]
+
+
+def warn(message: str) -> None:
+    """Print a warning as one line on stderr."""
+    print(f"reprlab: warning: {message}", file=sys.stderr)
 
 
 _EXTRAS_REGISTERED = False
@@ -239,6 +271,7 @@ def _hydra_task(cfg: Any) -> Any:
     from reprlab import sweeps
     from reprlab.execute import execute
 
+    _register_config_extras()  # a launcher plugin may run this job in a fresh process
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
@@ -269,7 +302,7 @@ def run_command(args: Sequence[str]) -> int:
     overrides, multirun, info_only = split_hydra_args(args)
     if "--shell-completion" not in args and "-sc" not in args:
         try:
-            preflight(overrides, multirun, validate=not info_only)
+            args = pin_sweep_dir(args, preflight(overrides, multirun, validate=not info_only))
         except ReprlabError as err:
             if _debug():
                 raise

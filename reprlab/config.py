@@ -8,6 +8,7 @@ one-line :class:`~reprlab.errors.ReprlabError` before any work starts.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +25,7 @@ from reprlab.optimize import NORMS
 from reprlab.runtime import MODES as MODEL_MODES
 from reprlab.train import TRAINING_METHODS
 
-GROUPS = ("dataset", "model", "attack", "analysis", "ref", "experiment")
+GROUPS = ("dataset", "model", "attack", "analysis", "ref", "pair", "experiment")
 """Config groups a user picks options from; ``ref`` offers the same options as ``model``."""
 
 MAX_SEED = 2**32 - 1
@@ -162,6 +163,7 @@ class ModelRecipe:
     snapshot_epochs: list[int] = field(default_factory=list)
     validation: ValidationSpec | None = None
     checkpoint: str = "last"  # which weights analyses use: last | best (not part of the key)
+    dataset: str | None = None  # its own training dataset (cross-task analyses); None: the run's
 
 
 @dataclass
@@ -194,6 +196,17 @@ class PathsSpec:
 
 
 @dataclass
+class TrainerSpec:
+    """How models are trained on this machine (``trainer.*``): never part of a store key."""
+
+    devices: int
+    sync_batchnorm: bool
+    bf16: str
+    channels_last: str
+    compile: str
+
+
+@dataclass
 class RunSettings:
     """The top-level settings of every run (conf/config.yaml documents them)."""
 
@@ -203,6 +216,7 @@ class RunSettings:
     num_workers: int
     monitor: MonitorSpec
     paths: PathsSpec
+    trainer: TrainerSpec
 
 
 @dataclass
@@ -309,6 +323,10 @@ def recipe(node: Any, where: str = "model") -> ModelRecipe:
         raise ReprlabError(
             f"{where}.snapshot_epochs has {bad} outside 1..{t.epochs} ({where}.train.epochs)"
         )
+    if spec.dataset is not None:
+        from reprlab.data import available_datasets
+
+        check_choice(f"{where}.dataset", spec.dataset, tuple(available_datasets()))
     if spec.adversary is not None:
         a = spec.adversary
         check_choice(f"{where}.adversary.norm", a.norm, NORMS)
@@ -332,6 +350,49 @@ def recipe(node: Any, where: str = "model") -> ModelRecipe:
             f"{where}.validation.examples=N) or use {where}.checkpoint=last"
         )
     return spec
+
+
+def compose_model_node(name: str) -> DictConfig:
+    """The ``model`` node Hydra composes for ``model=<name>`` (the recipe file with its defaults
+    list resolved, e.g. ``cnn_small_at`` on top of ``cnn_small``), without a run.
+
+    Works outside a Hydra app (a private initialisation of the config directory, cleared after)
+    and inside one (``hydra.compose`` on the running app's config search path). Overrides given
+    on the command line for ``model.*`` do not apply: this is the named recipe as written.
+    Raises ReprlabError for a name that is not a recipe in conf/model.
+    """
+    options = group_options("model")
+    if name not in options:
+        raise ReprlabError(f"unknown model recipe '{name}'; choose one of: {', '.join(options)}")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"model={name}"]
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="config", overrides=overrides)
+    else:
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="reprlab"):
+            cfg = compose(config_name="config", overrides=overrides)
+    return cfg.model
+
+
+def recipe_named(
+    name: str, changes: Mapping[str, Any] | None = None, where: str | None = None
+) -> ModelRecipe:
+    """The validated :class:`ModelRecipe` of recipe file ``conf/model/<name>.yaml``.
+
+    ``changes`` (optional) are merged into it, nested like the recipe (e.g.
+    ``{"seed": 1, "name": "cnn_small_s1"}`` or ``{"train": {"epochs": 1}}``); ``where`` names the
+    setting the name came from in error messages (default ``model=<name>``).
+    """
+    where = where or f"model={name}"
+    node = compose_model_node(name)
+    if changes:
+        try:
+            node = OmegaConf.merge(node, OmegaConf.create(dict(changes)))
+        except OmegaConfBaseException as err:
+            raise ReprlabError(f"{where}: {str(err).splitlines()[0]}") from None
+    return recipe(node, where)
 
 
 def attack_spec(node: Any, where: str = "attack") -> AttackSpec | AutoAttackSpec:
@@ -405,6 +466,35 @@ def dataset_spec(node: Any) -> DatasetSpec:
     return spec
 
 
+def recipe_dataset(spec: ModelRecipe, run: DatasetSpec) -> DatasetSpec:
+    """The dataset recipe ``spec`` is trained on: the run's ``run``, unless the recipe names its
+    own (``model.dataset=fashion_mnist``, for cross-task analyses).
+
+    A recipe's own dataset is read from ``conf/dataset/<name>.yaml`` (its customary radii, the
+    whole training split) with the run's data root.
+    """
+    if spec.dataset is None or spec.dataset == run.name:
+        return run
+    node = OmegaConf.load(config_dir() / "dataset" / f"{spec.dataset}.yaml")
+    node.root = run.root
+    return dataset_spec(node)
+
+
+def check_recipe_dataset(spec: ModelRecipe, run: DatasetSpec, where: str) -> None:
+    """Raise ReprlabError unless a recipe's own dataset has the run's input shape."""
+    from reprlab.data import dataset_info
+
+    own, theirs = dataset_info(recipe_dataset(spec, run).name), dataset_info(run.name)
+    shape = (own.channels, own.image_size)
+    if shape != (theirs.channels, theirs.image_size):
+        raise ReprlabError(
+            f"{where}.dataset={own.name} has {own.channels}x{own.image_size}x{own.image_size} "
+            f"images but the run's dataset {theirs.name} has "
+            f"{theirs.channels}x{theirs.image_size}x{theirs.image_size}; a recipe's own dataset "
+            "must have the run's input shape"
+        )
+
+
 def run_settings(cfg: DictConfig) -> RunSettings:
     """The validated top-level :class:`RunSettings` of a composed run config."""
     from dataclasses import fields
@@ -450,6 +540,30 @@ def check_radius(key: str, eps: float, norm: str, info: Any) -> None:
         )
 
 
+def check_recipe_for(spec: ModelRecipe, where: str, dataset: DatasetSpec) -> None:
+    """Raise ReprlabError unless recipe ``spec`` can be trained on ``dataset``: a known
+    architecture, an adversary radius within the dataset's range, a training batch no larger
+    than the training set. ``where`` names the setting in the message (``model``, ``ref``,
+    ``analysis.models[1]``)."""
+    from reprlab.data import dataset_info, train_size
+    from reprlab.models import available_archs
+
+    info = dataset_info(dataset.name)
+    available = train_size(dataset.name)
+    if dataset.train_limit is not None:
+        available = min(available or dataset.train_limit, dataset.train_limit)
+    check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
+    check_recipe_dataset(spec, dataset, where)
+    check_validation_fits(spec, recipe_dataset(spec, dataset), where)
+    if spec.adversary is not None:
+        check_radius(f"{where}.adversary.eps", spec.adversary.eps, spec.adversary.norm, info)
+    if available is not None and spec.train.batch_size > available:
+        raise ReprlabError(
+            f"{where}.train.batch_size={spec.train.batch_size} is invalid: {dataset.name} "
+            f"has {available} training images here; lower it (or raise dataset.train_limit)"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Check what every run shares; raise ReprlabError (one line) on the first problem found.
 
@@ -458,16 +572,12 @@ def validate(cfg: DictConfig) -> None:
     analysis's own parameters are its runner's schema and the dataset's files are checked by
     :func:`check_data`; :func:`reprlab.analyses.validate_run` calls all three.
     """
-    from reprlab.data import dataset_info, train_size
-    from reprlab.models import available_archs
+    from reprlab.data import dataset_info
     from reprlab.runtime import resolve_device
 
     settings = run_settings(cfg)
     dataset = dataset_spec(cfg.get("dataset"))
     info = dataset_info(dataset.name)
-    available = train_size(dataset.name)
-    if dataset.train_limit is not None:
-        available = min(available or dataset.train_limit, dataset.train_limit)
     if cfg.get("model") is None:
         raise ReprlabError(
             f"no model chosen; every analysis needs one: add model=<recipe> "
@@ -476,16 +586,7 @@ def validate(cfg: DictConfig) -> None:
     for where in ("model", "ref"):
         if cfg.get(where) is None:
             continue
-        spec = recipe(cfg[where], where)
-        check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
-        check_validation_fits(spec, dataset, where)
-        if spec.adversary is not None:
-            check_radius(f"{where}.adversary.eps", spec.adversary.eps, spec.adversary.norm, info)
-        if available is not None and spec.train.batch_size > available:
-            raise ReprlabError(
-                f"{where}.train.batch_size={spec.train.batch_size} is invalid: {dataset.name} "
-                f"has {available} training images here; lower it (or raise dataset.train_limit)"
-            )
+        check_recipe_for(recipe(cfg[where], where), where, dataset)
     attack = attack_spec(cfg.get("attack"))
     check_radius("attack.eps", attack.eps, attack.norm, info)
     if isinstance(attack, AttackSpec) and attack.targeted:
@@ -493,7 +594,7 @@ def validate(cfg: DictConfig) -> None:
             "attack.targeted=true is invalid: reprlab's analyses measure and craft untargeted "
             "attacks (there are no target labels to aim at); use attack.targeted=false"
         )
-    resolve_device(settings.device)
+    check_trainer(settings.trainer, resolve_device(settings.device), cfg)
     analysis = cfg.get("analysis")
     if not isinstance(analysis, DictConfig) or "name" not in analysis:
         raise ReprlabError("no analysis chosen; pick one, e.g. analysis=evaluate")
@@ -529,12 +630,46 @@ def check_validation_fits(spec: ModelRecipe, dataset: DatasetSpec, where: str = 
         )
 
 
+def check_trainer(trainer: TrainerSpec, device: Any, cfg: DictConfig) -> None:
+    """Raise ReprlabError unless the ``trainer`` settings can run on ``device`` here: the speed
+    switches (:func:`reprlab.runtime.resolve_speed`), SyncBatchNorm (CUDA only), that many
+    devices present, and every trained recipe's batch size splitting evenly over them."""
+    from reprlab.distributed import check_devices
+    from reprlab.runtime import resolve_speed
+
+    resolve_speed(trainer.bf16, trainer.channels_last, trainer.compile, device)
+    if trainer.devices < 1:
+        raise ReprlabError(f"trainer.devices={trainer.devices} is invalid: it must be >= 1")
+    if trainer.sync_batchnorm and trainer.devices > 1 and device.type != "cuda":
+        raise ReprlabError(
+            "trainer.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm does not run on the "
+            "CPU); use trainer.sync_batchnorm=false with device=cpu"
+        )
+    check_devices(trainer.devices, device)
+    if trainer.devices > 1:
+        for where in ("model", "ref"):
+            if cfg.get(where) is None:
+                continue
+            batch = int(cfg[where].train.batch_size)
+            if batch % trainer.devices:
+                raise ReprlabError(
+                    f"{where}.train.batch_size={batch} does not split over trainer.devices="
+                    f"{trainer.devices}: the recipe's batch is the global one; pick a multiple"
+                )
+
+
 def check_data(cfg: DictConfig) -> None:
-    """Raise ReprlabError (one line, with the remedy) unless the dataset's files are on disk."""
+    """Raise ReprlabError (one line, with the remedy) unless the dataset's files are on disk,
+    and those of a recipe's own training dataset."""
     from reprlab.data import check_available
 
     dataset = dataset_spec(cfg.get("dataset"))
     check_available(dataset.name, dataset.root)
+    for where in ("model", "ref"):
+        if cfg.get(where) is not None:
+            own = recipe_dataset(recipe(cfg[where], where), dataset)
+            if own is not dataset:
+                check_available(own.name, own.root)
 
 
 # --- checks --------------------------------------------------------------------------------

@@ -17,16 +17,24 @@ import torch
 from omegaconf import DictConfig
 
 from reprlab.attacks import Attack
-from reprlab.config import DatasetSpec, ModelRecipe, attack_spec, dataset_spec, recipe
+from reprlab.config import (
+    DatasetSpec,
+    ModelRecipe,
+    attack_spec,
+    dataset_spec,
+    recipe,
+    recipe_dataset,
+    recipe_named,
+)
 from reprlab.data import DatasetInfo, dataset_info, make_loader
 from reprlab.errors import ReprlabError
 from reprlab.models import Classifier
 from reprlab.recipes import build_for, make_attack, model_identity, monitor_attack
 from reprlab.runs import RunDirectory
-from reprlab.runtime import resolve_device, seeded_generator
+from reprlab.runtime import resolve_device, resolve_speed, seeded_generator
 from reprlab.store import ArtifactStore, Payload, StoredArtifact, TrainingFiles, store_key
 from reprlab.train import EpochBatches
-from reprlab.training import Monitor, train_recipe
+from reprlab.training import Monitor, Trainer, train_recipe
 
 log = logging.getLogger("reprlab")
 
@@ -35,13 +43,15 @@ log = logging.getLogger("reprlab")
 class LoadedModel:
     """A model taken from the store, on the run's device, in eval mode: the last epoch's
     weights, or with ``model.checkpoint=best`` those of ``epoch``, the best robust validation
-    accuracy (Rice et al. 2020)."""
+    accuracy (Rice et al. 2020); ``dataset`` is the one it was trained on (the run's, unless its
+    recipe names its own)."""
 
     model: Classifier
     recipe: ModelRecipe
     entry: StoredArtifact
     checkpoint: str = "last"
     epoch: int | None = None
+    dataset: DatasetSpec | None = None
 
     @property
     def label(self) -> str:
@@ -105,6 +115,12 @@ class RunContext:
         self.progress = bool(cfg.progress)
         self.seed = int(cfg.seed)
         self.num_workers = int(cfg.num_workers)
+        t = cfg.trainer
+        self.trainer = Trainer(
+            devices=int(t.devices),
+            sync_batchnorm=bool(t.sync_batchnorm),
+            speed=resolve_speed(t.bf16, t.channels_last, t.compile, self.device),
+        )
 
     # --- models --------------------------------------------------------------------------
 
@@ -116,9 +132,14 @@ class RunContext:
             raise ReprlabError(f"this analysis needs {what}: add {where}=<recipe>")
         return recipe(node, where)
 
+    def training_dataset(self, spec: ModelRecipe) -> DatasetSpec:
+        """The dataset ``spec`` is trained on: the run's, unless the recipe names its own."""
+        return recipe_dataset(spec, self.dataset)
+
     def build(self, spec: ModelRecipe) -> Classifier:
-        """A freshly initialised model of ``spec``'s architecture for this dataset (seeded)."""
-        return build_for(spec, self.info)
+        """A freshly initialised model of ``spec``'s architecture for its training dataset
+        (the run's, or the recipe's own: its normaliser and classes), seeded."""
+        return build_for(spec, dataset_info(self.training_dataset(spec).name))
 
     def model(self, where: str = "model") -> LoadedModel:
         """The trained model of recipe ``where`` from the store, training it first if missing.
@@ -127,24 +148,41 @@ class RunContext:
         use. run.json records the key before training starts, then where the weights came from
         (``source``: trained or imported, with the imported file's sha256) and their sha256.
         """
-        spec = self.recipe(where)
-        identity = model_identity(spec, self.dataset)
+        return self.obtain(self.recipe(where), where)
+
+    def model_named(self, name: str, changes: Mapping[str, Any] | None = None) -> LoadedModel:
+        """The trained model of recipe file ``conf/model/<name>.yaml`` on the run's dataset,
+        as :meth:`model` gives the run's own ``model``/``ref`` (store hit, or trained once).
+
+        For analyses over a list of recipes (e.g. ``analysis.models=[resnet18,vgg16_at]``).
+        ``changes`` are merged into the recipe, nested like it (e.g. ``{"seed": 1, "name":
+        "resnet18_s1"}``); command-line overrides of ``model.*`` do not apply. Recorded in
+        run.json under ``models.<recipe's name>``.
+        """
+        spec = recipe_named(name, changes)
+        return self.obtain(spec, spec.name)
+
+    def obtain(self, spec: ModelRecipe, role: str) -> LoadedModel:
+        """The trained model of recipe ``spec`` (store hit, or trained once under the store's
+        lock), verified and on the run's device; run.json records it under ``models.<role>``."""
+        dataset = self.training_dataset(spec)
+        identity = model_identity(spec, dataset)
         key = store_key(identity)
         meta = {
             "kind": "model",
             "recipe": asdict(spec),
-            "dataset": self.dataset.name,
+            "dataset": dataset.name,
             "identity": identity,
             "key": key,
             "device": str(self.device),
             "run": str(self.run.path),
         }
         # Recorded before the store is asked, so a run killed while training says which model.
-        self.run.update(models={where: {"name": spec.name, "key": key}})
+        self.run.update(models={role: {"name": spec.name, "key": key}})
         entry, trained = self.store.obtain(
             key,
             meta,
-            lambda files: self._train(spec, files),
+            lambda files: self._train(spec, dataset, files),
             on_wait=lambda: log.info(
                 "waiting for another process training %s (%s)", spec.name, key
             ),
@@ -167,7 +205,7 @@ class RunContext:
             if not isinstance(best, dict) or "epoch" not in best:
                 raise ReprlabError(
                     f"store entry {key} ({spec.name}) kept no best-robust weights; use "
-                    f"{where}.checkpoint=last"
+                    f"{role}.checkpoint=last"
                 )
             epoch = int(best["epoch"])
             state = entry.load_snapshot(epoch)
@@ -179,10 +217,15 @@ class RunContext:
         else:
             state = entry.load()
             record["checkpoint"] = "last"
-        self.run.update(models={where: record})
+        self.run.update(models={role: record})
         model = self.load(spec, state, origin=f"store entry {key}")
         return LoadedModel(
-            model=model, recipe=spec, entry=entry, checkpoint=spec.checkpoint, epoch=epoch
+            model=model,
+            recipe=spec,
+            entry=entry,
+            checkpoint=spec.checkpoint,
+            epoch=epoch,
+            dataset=dataset,
         )
 
     def load(self, spec: ModelRecipe, state: dict[str, torch.Tensor], origin: str) -> Classifier:
@@ -197,24 +240,27 @@ class RunContext:
             ) from None
         return model.to(self.device).eval()
 
-    def _train(self, spec: ModelRecipe, files: TrainingFiles) -> tuple[dict, dict]:
+    def _train(
+        self, spec: ModelRecipe, dataset: DatasetSpec, files: TrainingFiles
+    ) -> tuple[dict, dict]:
         monitor = self.cfg.monitor
         steps = int(monitor.attack_steps)
         self.run.update(seeds={"eval_sample": self.seed})
         return train_recipe(
             spec,
-            self.dataset,
-            self.info,
+            dataset,
+            dataset_info(dataset.name),
             files,
             device=self.device,
             monitor=Monitor(
                 examples=int(monitor.examples),
                 batch_size=int(monitor.batch_size),
-                attack=monitor_attack(spec, self.dataset, steps),
+                attack=monitor_attack(spec, dataset, steps),
                 seed=self.seed,
             ),
             num_workers=self.num_workers,
             progress=self.progress,
+            trainer=self.trainer,
         )
 
     # --- other artifacts -----------------------------------------------------------------
@@ -257,21 +303,76 @@ class RunContext:
         self.run.update(artifacts={label: {"kind": kind, "key": key, "produced_now": produced}})
         return entry, produced
 
+    def artifacts(
+        self,
+        kind: str,
+        identities: Mapping[str, dict[str, Any]],
+        produce: Callable[[TrainingFiles, list[str]], Mapping[str, tuple[Payload, dict[str, Any]]]],
+        *,
+        labels: Mapping[str, str],
+    ) -> dict[str, StoredArtifact]:
+        """Several artifacts of ``kind``, each stored under its own identity, the missing ones
+        produced together by ONE call (e.g. every stitch point trained in one pass).
+
+        ``identities`` and ``labels``: name -> the identity / run.json label of each.
+        ``produce(files, names)`` returns name -> (payload, summary) for ``names`` (the ones
+        missing from the store); ``files`` belong to the first of them, so a joint checkpoint
+        lives there (put ``names`` into it, and resume only when they agree). Each artifact is
+        then stored as if produced alone, so a later run asking for any subset reuses it. Only
+        the first missing entry is locked while producing; a concurrent run waits on it, then
+        finds the others complete or completes them from the same results.
+        """
+        keys = {name: store_key({"kind": kind, **ident}) for name, ident in identities.items()}
+        missing = [name for name, key in keys.items() if self.store.get(key) is None]
+        results: dict[str, tuple[Payload, dict[str, Any]]] = {}
+
+        def one(name: str, files: TrainingFiles) -> tuple[Payload, dict[str, Any]]:
+            if not results and name in missing:  # the first: produce every missing one
+                results.update(produce(files, missing))
+            if name not in results:  # removed from the store while this run went on
+                results.update(produce(files, [name]))
+            return results[name]
+
+        entries = {}
+        for name in [*missing, *(n for n in identities if n not in missing)]:
+            entries[name], _ = self.artifact(
+                kind,
+                identities[name],
+                lambda files, name=name: one(name, files),
+                label=labels[name],
+            )
+        return {name: entries[name] for name in identities}
+
     # --- data and attacks ------------------------------------------------------------------
 
     def loader(
-        self, split: str, examples: int | None, batch_size: int, *, seed: int | None = None
+        self,
+        split: str,
+        examples: int | None,
+        batch_size: int,
+        *,
+        seed: int | None = None,
+        train: bool = False,
+        augment: bool | None = False,
+        dataset: DatasetSpec | None = None,
     ) -> EpochBatches:
-        """A fixed sample of ``examples`` images of ``split`` ("train" or "test"), in dataset
-        order, unaugmented, drawn with ``seed`` (default: the run's seed; None examples: all)."""
+        """A fixed sample of ``examples`` images of ``split`` ("train" or "test") drawn with
+        ``seed`` (default: the run's seed; None examples: all) of the run's dataset (or
+        ``dataset``, e.g. a recipe's own). ``train=False``: dataset order, every example;
+        ``train=True``: shuffled per epoch by (seed, epoch), last incomplete batch dropped,
+        augmented as the dataset's default when ``augment`` is None (no augmentation when
+        False)."""
         seed = self.seed if seed is None else seed
-        self.run.update(seeds={f"{split}_sample": seed})
+        dataset = self.dataset if dataset is None else dataset
+        suffix = "" if dataset is self.dataset else f"_{dataset.name}"
+        self.run.update(seeds={f"{split}_sample{suffix}": seed})
         return make_loader(
-            self.dataset.name,
-            self.dataset.root,
+            dataset.name,
+            dataset.root,
             split,
             batch_size=batch_size,
-            train=False,
+            train=train,
+            augment=augment,
             seed=seed,
             device=self.device,
             limit=examples,

@@ -122,7 +122,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
             seed=int(cfg.seed),
             device=str(ctx.device),
         )
-        run.update(seeds=seeds, dataset=ctx.dataset.name)
+        run.update(seeds=seeds, dataset=ctx.dataset.name, trainer=ctx.trainer.record())
         log.info("%s run in %s", analysis.name, path)
         summary = analysis.run(cfg, ctx)
     except (KeyboardInterrupt, Interrupted) as err:

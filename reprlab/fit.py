@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from reprlab import distributed
 from reprlab.errors import ReprlabError
 from reprlab.runtime import module_mode
 
@@ -121,10 +122,11 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {settings.optimizer!r}")
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """The generator of ``epoch``'s random draws in a step (distinct per seed and epoch)."""
+def epoch_generator(seed: int, epoch: int, device: torch.device, rank: int = 0) -> torch.Generator:
+    """The generator of ``epoch``'s random draws in a step (distinct per seed and epoch, and per
+    rank of a data-parallel run: rank 0 draws what a one-process run draws)."""
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed * 1_000_003 + epoch)
+    generator.manual_seed(seed * 1_000_003 + epoch + rank * 7_919_000_003)
     return generator
 
 
@@ -185,6 +187,12 @@ def fit(
     of examples), ``seconds``, ``images_per_second``, then what ``evaluate`` returned. The number
     of examples of a batch is the length of its first tensor. The caller's train/eval modes of all
     modules are restored on return.
+
+    Data parallel: run one fit per rank of an initialised process group, with ``step`` calling
+    the DDP wrapper and ``batches`` the rank's shard (:mod:`reprlab.distributed`). The epoch's
+    sums (loss, stats, examples) are then summed over the ranks, so every rank's record
+    describes the global epoch; each rank's step generator is its own (rank 0's is a one-process
+    run's).
     """
     frozen = dict(frozen or {})
     if frozen_bn not in FROZEN_BN_MODES:
@@ -226,11 +234,11 @@ def fit(
     all_modules = [*trainable.values(), *frozen.values()]
     with (
         module_mode(*all_modules, mode="keep"),
-        _frozen_parameters(frozen_parameters),
+        requires_grad_off(frozen_parameters),
     ):
         for epoch in range(start_epoch, settings.epochs + 1):
             _set_modes(trainable.values(), frozen.values(), frozen_bn)
-            generator = epoch_generator(settings.seed, epoch, device)
+            generator = epoch_generator(settings.seed, epoch, device, distributed.rank())
             started = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             stat_sums: dict[str, torch.Tensor | float] = {}
@@ -257,6 +265,13 @@ def fit(
                     value = value.detach() if isinstance(value, torch.Tensor) else value
                     stat_sums[name] = stat_sums[name] + value if name in stat_sums else value
                 seen += n
+            if distributed.active():  # the epoch's sums over every rank's shards
+                loss_sum = distributed.all_reduce_sum(loss_sum)
+                seen = int(distributed.all_reduce_sum(torch.tensor(seen, device=device)))
+                stat_sums = {
+                    name: distributed.all_reduce_sum(torch.as_tensor(value, device=device))
+                    for name, value in stat_sums.items()
+                }
             seconds = time.perf_counter() - started
             record: dict[str, Any] = {
                 "epoch": epoch,
@@ -306,8 +321,11 @@ def _set_modes(trainable: Iterable[nn.Module], frozen: Iterable[nn.Module], froz
 
 
 @contextlib.contextmanager
-def _frozen_parameters(parameters: list[nn.Parameter]) -> Iterator[None]:
-    """``requires_grad=False`` on ``parameters`` for the block; each flag restored after."""
+def requires_grad_off(parameters: list[nn.Parameter]) -> Iterator[None]:
+    """``requires_grad=False`` on ``parameters`` for the block; each flag restored after.
+
+    Frozen modules in a training step, and models whose *inputs* are optimised (a forward pass
+    then keeps nothing for weight gradients)."""
     flags = [p.requires_grad for p in parameters]
     for p in parameters:
         p.requires_grad_(False)

@@ -203,14 +203,14 @@ def import_checkpoint(
     sha256 (``checkpoint_sha256``: the imported weights' identity), the key remapping and the
     accuracy.
     """
-    from reprlab.config import dataset_spec, recipe
+    from reprlab.config import dataset_spec, recipe, recipe_dataset
     from reprlab.data import dataset_info
     from reprlab.recipes import build_for, model_identity
     from reprlab.runtime import resolve_device
     from reprlab.store import ArtifactStore, file_sha256, load_weights, store_key
 
     spec = recipe(cfg.model)
-    dataset = dataset_spec(cfg.dataset)
+    dataset = recipe_dataset(spec, dataset_spec(cfg.dataset))
     info = dataset_info(dataset.name)
     model = build_for(spec, info)
     checkpoint = load_weights(path)

@@ -223,14 +223,25 @@ def _per_member(batch: torch.Tensor | Sequence[torch.Tensor], count: int) -> lis
     return inputs
 
 
+def tap_features(
+    model: Classifier, x: torch.Tensor, taps: Sequence[str], *, pool: bool = False
+) -> list[torch.Tensor]:
+    """What layer CKA compares on ``x``: [n, d] per tap, running only the stages it needs.
+
+    Each tap's activation is flattened (or pooled, see ``pool`` of :func:`layer_cka`); the list
+    follows ``taps``. This is all of a batch's work that is not CKA (``scripts/bench_cka.py``
+    times it as the floor).
+    """
+    with torch.no_grad():
+        activations = model.features(x, taps)
+    return [_reduce(activations.pop(tap), pool) for tap in taps]
+
+
 def _member_grams(
     member: Member, x: torch.Tensor, accumulator: MinibatchCKA, *, pool: bool
 ) -> torch.Tensor:
     """``member``'s stages up to its last tap on ``x``; the Grams [len(taps), n, n] of its taps."""
-    with torch.no_grad():
-        activations = member.model.features(x, member.taps)
-    features = [_reduce(activations[tap], pool) for tap in member.taps]
-    del activations
+    features = tap_features(member.model, x, member.taps, pool=pool)
     return gram_stack(features, kernel=accumulator.kernel, rbf_threshold=accumulator.rbf_threshold)
 
 

@@ -137,6 +137,12 @@ class InputOptimizer:
     final_value:
         Evaluate the objective at the returned ``x`` even when nothing else needs it (one extra
         forward; a last-iterate training adversary turns it off).
+    stop_on_success:
+        Per-example stopping: an example whose objective reports success at an iterate is frozen
+        there (no later step moves it) for the rest of the run (or restart); the loop ends early
+        once every example is frozen. Needs an objective that returns ``(values, success)``
+        (e.g. feature manipulation: stop once coordinate j is the largest, Engstrom et al.
+        2019). The success flag comes with the gradient's forward, so stopping costs nothing.
     betas:
         Adam's (β₁, β₂).
 
@@ -179,6 +185,7 @@ class InputOptimizer:
     transform: Transform | None = None
     trace: bool = False
     final_value: bool = True
+    stop_on_success: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:
@@ -209,6 +216,11 @@ class InputOptimizer:
                 "keep_best and restarts compare iterates per example, which a batch-level "
                 "objective cannot rank; set keep_best=false and restarts=1, or return one value "
                 "per example"
+            )
+        if self.stop_on_success and self.batch_objective:
+            raise OptimizeConfigError(
+                "stop_on_success freezes examples one by one, which a batch-level objective "
+                "cannot report; set stop_on_success=false or return per-example values"
             )
         if self.trace and self.restarts > 1:
             raise OptimizeConfigError("trace records one run; set restarts=1 to trace")
@@ -269,6 +281,7 @@ class InputOptimizer:
                     seed = clean if start is None else start.detach().to(clean.device, dtype)
                     x = constraint.project(seed)
                 rule.reset()
+                frozen = None
                 for _ in range(self.steps):
                     x = x.detach().requires_grad_(True)
                     score, value, success = evaluate(x, generator)
@@ -279,6 +292,16 @@ class InputOptimizer:
                         best.offer(x.detach(), score.detach(), success)
                     if self.trace:
                         trace.append(value.detach())
+                    if self.stop_on_success:
+                        frozen = _frozen(frozen, success)
+                        if bool(frozen.all()):
+                            x = x.detach()
+                            if self.trace:  # iterates after the stop equal the frozen one
+                                trace.extend([value.detach()] * (self.steps - len(trace) + 1))
+                            break
+                        moved = constraint.move(x.detach(), *rule(gradient))
+                        x = torch.where(_expand(frozen, x), x.detach(), moved)
+                        continue
                     x = constraint.move(x.detach(), *rule(gradient))
                 value = success = None
                 if evaluate_last:
@@ -286,7 +309,7 @@ class InputOptimizer:
                         score, value, success = evaluate(x, generator)
                     if compare_iterates:
                         best.offer(x, score, success)
-                    if self.trace:
+                    if self.trace and len(trace) <= self.steps:
                         trace.append(value)
 
         if compare_iterates:
@@ -517,6 +540,21 @@ class _BestIterate:
             self.success = torch.where(better, success, self.success)
         self.score = torch.where(better, score, self.score)
         self.x = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x, self.x)
+
+
+def _frozen(frozen: torch.Tensor | None, success: torch.Tensor | None) -> torch.Tensor:
+    """The examples frozen after an iterate reported ``success`` (stop_on_success)."""
+    if success is None:
+        raise ValueError(
+            "stop_on_success needs an objective that returns (values, success); this one "
+            "returns values only"
+        )
+    return success.clone() if frozen is None else frozen | success
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-example bool mask [n] shaped [n, 1, ...] to broadcast against ``like``."""
+    return mask.view(-1, *[1] * (like.dim() - 1))
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -83,3 +84,87 @@ def module_mode(*modules: nn.Module, mode: str = "eval") -> Iterator[None]:
     finally:
         for sub, training in saved.values():
             sub.training = training
+
+
+SWITCH_VALUES = ("on", "off", "auto")
+_SWITCH_ALIASES = {"true": "on", "false": "off", "on": "on", "off": "off", "auto": "auto"}
+
+
+def switch_value(key: str, value: object) -> str:
+    """``on``, ``off`` or ``auto`` for a speed switch given as one of those or a bool."""
+    text = str(value).strip().lower()
+    if text not in _SWITCH_ALIASES:
+        raise ReprlabError(f"{key}={value!r} is invalid: choose one of on, off, auto")
+    return _SWITCH_ALIASES[text]
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot compile for ``device`` here, or None when it can.
+
+    Dynamo must support this Python; Inductor needs Triton for CUDA and a working C++ compiler
+    (``$CXX``, else g++) for the CPU.
+    """
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python/platform"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton is not installed (Inductor needs it for CUDA)"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return f"no working C++ compiler for Inductor on the CPU ({first})"
+    return None
+
+
+@dataclass(frozen=True)
+class SpeedSwitches:
+    """How training runs on its device (never what it learns, so never in a store key):
+    bf16 autocast, channels_last memory format, ``torch.compile``."""
+
+    bf16: bool
+    channels_last: bool
+    compile: bool
+
+
+def resolve_speed(
+    bf16: object, channels_last: object, compile: object, device: torch.device
+) -> SpeedSwitches:
+    """The switches ``trainer.bf16/channels_last/compile`` (on, off, auto) for ``device``.
+
+    ``auto``: bf16 and channels_last on CUDA; compile on CUDA where Triton is installed; all off
+    on the CPU (fp32 stays exact there). ``on`` where it cannot apply is a ReprlabError: bf16 and
+    channels_last need CUDA, compile needs what :func:`compile_problem` checks.
+    """
+    cuda = device.type == "cuda"
+    values = {
+        "bf16": switch_value("trainer.bf16", bf16),
+        "channels_last": switch_value("trainer.channels_last", channels_last),
+        "compile": switch_value("trainer.compile", compile),
+    }
+    for name in ("bf16", "channels_last"):
+        if values[name] == "on" and not cuda:
+            raise ReprlabError(
+                f"trainer.{name}=on needs a CUDA device (the run's device is {device}); use "
+                f"trainer.{name}=auto (on with CUDA) or off"
+            )
+    use_compile = values["compile"] == "on" or (values["compile"] == "auto" and cuda)
+    if use_compile:
+        problem = compile_problem(device)
+        if problem is not None:
+            if values["compile"] == "on":
+                raise ReprlabError(
+                    f"trainer.compile=on is unsupported here: {problem}; use trainer.compile=off"
+                )
+            use_compile = False
+    return SpeedSwitches(
+        bf16=values["bf16"] == "on" or (values["bf16"] == "auto" and cuda),
+        channels_last=values["channels_last"] == "on"
+        or (values["channels_last"] == "auto" and cuda),
+        compile=use_compile,
+    )

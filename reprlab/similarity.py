@@ -6,10 +6,24 @@ al., JMLR 2012) and minibatch CKA (Nguyen et al., ICLR 2021)::
     CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))
 
 Features are tensors [n, ...] with examples along the first dimension; they are flattened to
-[n, d], cast to float64 and centred over the examples *before* any Gram is formed. Centring
-changes no CKA value (every estimator here is translation invariant), but float32 Grams of
-uncentred activations lose the variance under the mean and give CKA values above 1 or NaN.
-Everything after the cast is float64.
+[n, d] and centred over the examples *before* any product is formed. Centring changes no CKA value
+(every estimator here is translation invariant), but float32 Grams of uncentred activations lose
+the variance under the mean and give CKA values above 1 or NaN.
+
+Precision
+---------
+Wide float32, float16 and bfloat16 features (at least 4096 values per example: the conv maps whose
+Grams dominate the cost) are centred in float32, ``x - fl(sum(x) / n)`` — exact where a value is
+near its column's mean, so a large common offset goes without rounding — and their Gram is taken in
+IEEE float32 (no TF32, no autocast) over column slices whose Grams are summed and then
+double-centred in float64, which removes the offset (about an ulp of the mean per column) that the
+rounded mean leaves. Centred float32 products keep about seven digits per Gram entry; the rounding
+errors of different entries are independent and largely cancel in the HSIC sums, so CKA agrees with
+the float64 computation on the same inputs to about 1e-8, and to about 1e-7 for the biased
+estimator on heavy-tailed data, whose Gram diagonals carry long float32 sums of squares (tested to
+1e-6 on activations with large offsets and heavy tails). Narrower or float64 features are centred
+(by their first example, then their mean) and multiplied in float64, where that costs little.
+Everything after the Grams (centring of Grams, HSIC, the minibatch sums) is float64.
 
 Estimators
 ----------
@@ -19,6 +33,18 @@ Estimators
   negative). The all-pairs path computes it as ``<U(K), U(L)> / (n(n-3))`` with U the U-centring
   of Székely & Rizzo (2014), an identity that needs one matrix product for all pairs.
 
+Two routes for the linear kernel
+--------------------------------
+With Grams (cost n²d per representation of width d) or, when the representations of a batch are
+narrower in total than the batch is long, in feature space (cost n D² for total width D), where
+for K = XXᵀ, L = YYᵀ, k_i = |x_i|², l_i = |y_i|², s_X = Xᵀ1, s_Y = Yᵀ1 (exact for any X, Y)::
+
+    tr(KHLH) = |XᵀY - s_X s_Yᵀ / n|²_F
+    tr(K̃L̃) = |XᵀY|²_F - kᵀl,   1ᵀK̃1 = |s_X|² - 1ᵀk,   1ᵀK̃L̃1 = (X s_X - k)ᵀ(Y s_Y - l)
+
+:func:`cka` and :meth:`MinibatchCKA.update` pick the cheaper route; the feature route runs in
+float64 throughout. The RBF kernel always takes Grams.
+
 Zero variance: a representation that is constant over all examples has HSIC(K, K) = 0 and CKA
 0/0; :func:`cka` and :meth:`MinibatchCKA.compute` raise :class:`~reprlab.errors.ReprlabError`
 naming it instead of returning NaN. NaN or inf in features raises too, naming the representation.
@@ -27,7 +53,8 @@ naming it instead of returning NaN. NaN or inf in features raises too, naming th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -35,9 +62,19 @@ from reprlab.errors import ReprlabError
 
 KERNELS = ("linear", "rbf")
 
-# Columns of a feature matrix are cast to float64 in slices of at most this many elements, so a
-# Gram of a wide conv map never holds a full float64 copy of it.
-_CAST_CHUNK_ELEMENTS = 1 << 24
+# A Gram is built over column slices of the features of at most _CHUNK_ELEMENTS elements (32 MiB
+# of float32), each centred into one reused buffer and multiplied, so the centred copy stays small
+# however wide the map and large batch. Slices are large because on a shared CPU every parallel
+# op also waits for its helper thread to be scheduled. On CUDA, no slice is wider than
+# _CUDA_MAX_CHUNK_COLUMNS, which bounds the length of the float32 dot products cuBLAS accumulates
+# in sequence.
+_CHUNK_ELEMENTS = 1 << 23
+_CUDA_MAX_CHUNK_COLUMNS = 4096
+
+# Features of these dtypes with at least _FLOAT32_MIN_WIDTH columns (the wide maps whose products
+# dominate the cost) have their Grams taken in float32; anything else in float64, where it is cheap.
+_FLOAT32_PRODUCTS = (torch.float32, torch.float16, torch.bfloat16)
+_FLOAT32_MIN_WIDTH = 4096
 
 FeatureList = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
 
@@ -57,31 +94,145 @@ def _require_examples(n: int, unbiased: bool) -> None:
         raise ReprlabError(f"CKA needs at least 2 examples, got {n}")
 
 
+def _non_finite_error() -> ReprlabError:
+    return ReprlabError("NaN or inf in the activations; check the model weights and inputs")
+
+
+@contextmanager
+def _ieee_float32(device: torch.device) -> Iterator[None]:
+    """Plain IEEE float32 products on ``device``: autocast off, no TF32 or bf16 inner products."""
+    precision = torch.get_float32_matmul_precision()
+    if precision != "highest":
+        torch.set_float32_matmul_precision("highest")
+    try:
+        if torch.amp.is_autocast_available(device.type):
+            with torch.autocast(device.type, enabled=False):
+                yield
+        else:
+            yield
+    finally:
+        if precision != "highest":
+            torch.set_float32_matmul_precision(precision)
+
+
+@contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Run the CPU ops inside on one thread; elsewhere (CUDA, one thread already) a no-op.
+
+    For the memory-bound passes (centring) and the small [P, n, n] work around the Gram
+    products: more threads gain them little, and on a busy machine every multi-threaded op
+    first waits for its helper thread to be scheduled (milliseconds each). The products
+    themselves keep all threads.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _centre_into(source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write ``source`` [n, d] centred over its rows into ``out`` [n, d] (of the compute dtype).
+
+    Shifted by the first row first: a constant column becomes exactly zero, and a large common
+    offset is removed exactly (Sterbenz) before the mean, whose rounding then scales with the
+    spread of the values instead of with the offset. Returns ``out``.
+    """
+    if source.dtype == out.dtype:
+        torch.sub(source, source[:1], out=out)
+    else:
+        out.copy_(source)
+        out -= out[:1].clone()
+    return out.sub_(out.sum(dim=0), alpha=1 / out.shape[0])
+
+
+def _product_dtype(flat: torch.Tensor) -> torch.dtype:
+    """float32 for wide float32/float16/bfloat16 features [n, d], float64 for everything else."""
+    wide = flat.shape[1] >= _FLOAT32_MIN_WIDTH
+    return torch.float32 if wide and flat.dtype in _FLOAT32_PRODUCTS else torch.float64
+
+
+def _gram_products(
+    flat: torch.Tensor, dtype: torch.dtype, workspace: dict[torch.dtype, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``X_c X_cᵀ`` [n, n] float64 of ``flat`` [n, d], products in ``dtype``, slices summed.
+
+    ``workspace`` (dtype -> 1-d buffer) lends the centring buffer, so that a stack of Grams
+    allocates it once.
+
+    Unchecked: NaN or inf in ``flat`` (or float32 overflow) leaves NaN or inf in the result.
+    float64 products centre exactly as :func:`_centre_into`. float32 products centre each slice
+    in one pass, ``x - fl(sum(x) / n)`` (on a shared CPU each extra pass over the features and
+    each parallel op costs time), then double-centre the Gram in float64 to remove what the
+    rounded mean left. That mean can miss a constant column by an ulp, so a Gram whose entries
+    are all (nearly) equal is checked against the features and zeroed if they are constant.
+    """
+    n, width = flat.shape
+    device = flat.device
+    if width == 0:
+        return torch.zeros(n, n, dtype=torch.float64, device=device)
+    step = max(1, min(width, _CHUNK_ELEMENTS // max(n, 1)))
+    if device.type == "cuda":
+        step = min(step, _CUDA_MAX_CHUNK_COLUMNS)
+    workspace = {} if workspace is None else workspace
+    buffer = workspace.get(dtype)
+    if buffer is None or buffer.numel() < n * step or buffer.device != device:
+        buffer = workspace[dtype] = torch.empty(n * step, dtype=dtype, device=device)
+    gram: torch.Tensor | None = None
+    with _ieee_float32(device):
+        for start in range(0, width, step):
+            source = flat[:, start : start + step]
+            chunk = buffer[: source.numel()].view(source.shape)
+            with _one_thread(device):
+                if dtype == torch.float64:
+                    _centre_into(source, chunk)
+                else:
+                    torch.sub(source, source.sum(dim=0, dtype=dtype), alpha=1 / n, out=chunk)
+            partial = torch.mm(chunk, chunk.T)
+            gram = partial.to(torch.float64) if gram is None else gram.add_(partial)
+    assert gram is not None
+    if dtype != torch.float64:  # ops on [n, n]: serial below the parallel grain size anyway
+        low, high = torch.aminmax(gram)
+        spread, size = (high - low).item(), max(abs(low.item()), abs(high.item()))
+        if spread <= 1e-2 * size and torch.equal(flat, flat[:1].expand_as(flat)):
+            return gram.zero_()  # a constant representation: exactly zero, as its CKA needs
+        # H G H removes what the rounded mean left, (X_c - 1δᵀ)(X_c - 1δᵀ)ᵀ -> X_c X_cᵀ.
+        row_means = gram.mean(dim=1, keepdim=True)
+        gram -= row_means
+        gram -= gram.mean(dim=0, keepdim=True)
+    return gram
+
+
+def _checked_gram(gram: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """``gram`` of ``flat`` if finite, else recomputed in float64 or a ReprlabError."""
+    if math.isfinite(gram.sum().item()):  # one cheap test; the sum of a finite Gram may overflow
+        return gram
+    if torch.isfinite(gram).all():
+        return gram
+    if not torch.isfinite(flat).all():
+        raise _non_finite_error()
+    gram = _gram_products(flat, torch.float64)  # float32 products overflowed
+    if not torch.isfinite(gram).all():
+        raise ReprlabError("activations too large to square in float64; rescale them")
+    return gram
+
+
 def linear_gram(features: torch.Tensor) -> torch.Tensor:
     """Linear Gram ``X_c X_cᵀ`` [n, n] float64 of ``features`` [n, ...].
 
-    ``X_c`` is the features flattened to [n, d], cast to float64 and centred over the n examples.
-    A column that is constant over the examples contributes exactly zero, so a constant
-    representation has an exactly zero Gram. Raises ReprlabError on NaN or inf.
+    ``X_c`` is the features flattened to [n, d] and centred over the n examples. float32, float16
+    and bfloat16 features at least ``_FLOAT32_MIN_WIDTH`` (4096) wide are multiplied in float32
+    over column slices summed in float64 (module docstring, "Precision"), falling back to float64
+    where float32 products would overflow; all others in float64. A column that is constant over
+    the examples contributes exactly zero, so a constant representation has an exactly zero Gram.
+    Raises ReprlabError on NaN or inf.
     """
     flat = features.reshape(features.shape[0], -1)
-    n, width = flat.shape
-    gram = torch.zeros(n, n, dtype=torch.float64, device=features.device)
-    step = max(1, _CAST_CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, width, step):
-        source = flat[:, start : start + step]
-        chunk = source.to(torch.float64, copy=True)
-        mean = chunk.mean(dim=0)
-        # A float64 sum of float32 values cannot overflow: the means are finite iff the inputs are.
-        if not torch.isfinite(mean).all():
-            raise ReprlabError("NaN or inf in the activations; check the model weights and inputs")
-        chunk -= mean
-        if source.dtype == torch.float64:
-            # The float64 mean of a constant float64 column can miss it by an ulp; narrower
-            # inputs (float32, float16, bfloat16) are centred exactly.
-            chunk.masked_fill_((source == source[:1]).all(dim=0), 0.0)
-        gram.addmm_(chunk, chunk.T)
-    return gram
+    return _checked_gram(_gram_products(flat, _product_dtype(flat)), flat)
 
 
 def _median(values: torch.Tensor) -> torch.Tensor:
@@ -162,10 +313,22 @@ def gram_stack(
     counts = {name: tensor.shape[0] for name, tensor in named}
     if len(set(counts.values())) != 1:
         raise ReprlabError(f"representations disagree on the number of examples: {counts}")
+    if kernel == "linear":
+        flats = [tensor.reshape(tensor.shape[0], -1) for _, tensor in named]
+        workspace: dict[torch.dtype, torch.Tensor] = {}
+        grams = [_gram_products(f, _product_dtype(f), workspace) for f in flats]
+        with _one_thread(grams[0].device):
+            stack = torch.stack(grams)
+            finite = math.isfinite(stack.sum().item())  # one test for all, details on failure
+        if finite:
+            return stack
+        compute = [lambda i=i: _checked_gram(stack[i], flats[i]) for i in range(len(named))]
+    else:
+        compute = [lambda t=t: rbf_gram(t, rbf_threshold) for _, t in named]
     grams = []
-    for name, tensor in named:
+    for (name, _), gram_of in zip(named, compute, strict=True):
         try:
-            grams.append(gram(tensor, kernel, rbf_threshold))
+            grams.append(gram_of())
         except ReprlabError as err:
             raise ReprlabError(f"{name!r}: {err}") from err
     return torch.stack(grams)
@@ -239,6 +402,68 @@ def hsic_matrix(
     return flat_a @ flat_b.T / _normaliser(n, unbiased)
 
 
+def _feature_hsic(named: Sequence[tuple[str, torch.Tensor]], unbiased: bool) -> torch.Tensor:
+    """Linear-kernel HSIC [P, P] float64 of all pairs of P representations, in feature space.
+
+    Uses the identities of the module docstring on features centred in float64 (centring is not
+    needed by them, only by precision); cost n D² for total width D, memory n D + D².
+    """
+    n = named[0][1].shape[0]
+    blocks = []
+    for name, tensor in named:
+        flat = tensor.reshape(n, -1)
+        block = _centre_into(flat, torch.empty(flat.shape, dtype=torch.float64, device=flat.device))
+        if not torch.isfinite(block).all():
+            raise ReprlabError(f"{name!r}: {_non_finite_error()}")
+        blocks.append(block)
+    features = torch.cat(blocks, dim=1)  # [n, D]
+    # owner [P, D]: row i is 1 on the columns of representation i; owner @ A @ owner.T sums blocks.
+    owner = features.new_zeros(len(blocks), features.shape[1])
+    start = 0
+    for index, block in enumerate(blocks):
+        owner[index, start : start + block.shape[1]] = 1.0
+        start += block.shape[1]
+    sums = features.sum(dim=0)  # [D], ~0 after centring, kept for exactness
+    products = features.T @ features  # [D, D]: X_iᵀ X_j for every pair
+    if not unbiased:
+        products -= torch.outer(sums, sums) / n
+        return owner @ products.square_() @ owner.T / (n - 1) ** 2
+    norms = features.square() @ owner.T  # [n, P]: k_r = |x_r|² per representation
+    ones_k_ones = owner @ sums.square() - norms.sum(dim=0)  # 1ᵀK̃1 [P]
+    row_sums = (features * sums) @ owner.T - norms  # K̃1 = X s - k [n, P]
+    value = (
+        owner @ products.square_() @ owner.T
+        - norms.T @ norms
+        + torch.outer(ones_k_ones, ones_k_ones) / ((n - 1) * (n - 2))
+        - 2 * (row_sums.T @ row_sums) / (n - 2)
+    )
+    return value / (n * (n - 3))
+
+
+def _batch_hsic(
+    named: Sequence[tuple[str, torch.Tensor]], kernel: str, unbiased: bool, rbf_threshold: float
+) -> torch.Tensor:
+    """HSIC [P, P] float64 of all pairs of P representations of one batch, by the cheaper route.
+
+    The feature route (linear kernel only) when the total width D of the flattened features is
+    below the batch size n, else Grams; both compute the same estimator exactly. The result is
+    symmetric with its self terms on the diagonal.
+    """
+    counts = {name: tensor.shape[0] for name, tensor in named}
+    if len(set(counts.values())) != 1:
+        raise ReprlabError(f"representations disagree on the number of examples: {counts}")
+    n = next(iter(counts.values()))
+    _require_examples(n, unbiased)
+    width = sum(tensor[:1].numel() for _, tensor in named)
+    if kernel == "linear" and width < n:
+        matrix = _feature_hsic(named, unbiased)
+        return (matrix + matrix.T) / 2
+    names = [name for name, _ in named]
+    grams = gram_stack([tensor for _, tensor in named], names, kernel=kernel,
+                       rbf_threshold=rbf_threshold)  # fmt: skip
+    return hsic_matrix(grams, unbiased=unbiased)
+
+
 def _zero_variance_error(names: Sequence[str]) -> ReprlabError:
     return ReprlabError(
         f"representation {', '.join(map(repr, names))} is constant over all examples "
@@ -260,8 +485,9 @@ def cka(
     HSIC estimator (Kornblith's "debiased" CKA, can be slightly negative; n >= 4).
     ``rbf_threshold`` is the RBF bandwidth as a fraction of the median distance.
     """
-    grams = gram_stack({"x": x, "y": y}, kernel=kernel, rbf_threshold=rbf_threshold)
-    (self_x, cross), (_, self_y) = hsic_matrix(grams, unbiased=unbiased).tolist()
+    _check_kernel(kernel)
+    matrix = _batch_hsic([("x", x), ("y", y)], kernel, unbiased, rbf_threshold)
+    (self_x, cross), (_, self_y) = matrix.tolist()
     constant = [name for name, value in (("x", self_x), ("y", self_y)) if value <= 0]
     if constant:
         raise _zero_variance_error(constant)
@@ -322,9 +548,32 @@ class MinibatchCKA:
         return gram_stack(features, names, kernel=self.kernel, rbf_threshold=self.rbf_threshold)
 
     def update(self, features_a: FeatureList, features_b: FeatureList | None = None) -> None:
-        """Add one batch given as features (see :meth:`grams`); ``features_b`` only if cross."""
-        grams_b = None if features_b is None else self.grams(features_b, columns=True)
-        self.add_grams(self.grams(features_a), grams_b)
+        """Add one batch given as features (see :meth:`grams`); ``features_b`` only if cross.
+
+        Takes the cheaper exact route (module docstring): Grams, or for the linear kernel and
+        representations narrower in total than the batch, feature space.
+        """
+        if self.within != (features_b is None):
+            raise ValueError("pass features_b exactly when the accumulator has column names")
+        named = _named(features_a, self.row_names)
+        if features_b is not None:
+            cols = _named(features_b, self.col_names)
+            sizes = {tensor.shape[0] for _, tensor in named}, {t.shape[0] for _, t in cols}
+            if len(sizes[0]) == len(sizes[1]) == 1 and sizes[0] != sizes[1]:
+                raise ReprlabError(
+                    f"the two sides of a CKA batch differ in size ({sizes[0].pop()} vs "
+                    f"{sizes[1].pop()} examples)"
+                )
+            named = named + cols
+        matrix = _batch_hsic(named, self.kernel, self.unbiased, self.rbf_threshold)
+        n = named[0][1].shape[0]
+        p = len(self.row_names)
+        if self.within:
+            # The diagonal itself, so that the within-model diagonal comes out exactly 1.
+            self._add(matrix, matrix.diagonal().clone(), None, n)
+        else:
+            diagonal = matrix.diagonal()
+            self._add(matrix[:p, p:].clone(), diagonal[:p].clone(), diagonal[p:].clone(), n)
 
     def add_grams(self, grams_a: torch.Tensor, grams_b: torch.Tensor | None = None) -> None:
         """Add one batch given as Gram stacks [p, n, n] (and [q, n, n] if cross) of this kernel."""
@@ -341,16 +590,28 @@ class MinibatchCKA:
             )
         _require_examples(n, self.unbiased)
         normaliser = _normaliser(n, self.unbiased)
-        flat_a = _centred(grams_a, self.unbiased).flatten(1)
-        if grams_b is None:
-            cross = flat_a @ flat_a.T / normaliser
-            # The diagonal itself, so that the within-model diagonal comes out exactly 1.
-            row_self, col_self = cross.diagonal().clone(), None
-        else:
-            flat_b = _centred(grams_b, self.unbiased).flatten(1)
-            cross = flat_a @ flat_b.T / normaliser
-            row_self = torch.linalg.vecdot(flat_a, flat_a) / normaliser
-            col_self = torch.linalg.vecdot(flat_b, flat_b) / normaliser
+        with _one_thread(grams_a.device):  # O(P² n²) next to the O(P n² d) of the Grams
+            flat_a = _centred(grams_a, self.unbiased).flatten(1)
+            if grams_b is None:
+                cross = flat_a @ flat_a.T / normaliser
+                self._add(cross, cross.diagonal().clone(), None, n)
+            else:
+                flat_b = _centred(grams_b, self.unbiased).flatten(1)
+                self._add(
+                    flat_a @ flat_b.T / normaliser,
+                    torch.linalg.vecdot(flat_a, flat_a) / normaliser,
+                    torch.linalg.vecdot(flat_b, flat_b) / normaliser,
+                    n,
+                )
+
+    def _add(
+        self,
+        cross: torch.Tensor,
+        row_self: torch.Tensor,
+        col_self: torch.Tensor | None,
+        n: int,
+    ) -> None:
+        """Add one batch's HSIC [p, q] and self terms [p] (and [q] if cross) to the sums."""
         if self._cross is None or self._row_self is None:
             self._cross, self._row_self, self._col_self = cross, row_self, col_self
         else:

@@ -101,9 +101,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _first_line(err: BaseException) -> str:
+def load_cause(err: BaseException) -> str:
+    """The cause of a failed ``torch.load`` as one whole line.
+
+    torch's weights-only refusal opens with generic advice and names the cause (the unsupported
+    global or opcode) further down; that cause is what the user needs.
+    """
     text = str(err).strip()
-    return text.splitlines()[0][:160] if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        lines = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if lines:
+            return lines[0].split(". Please use")[0].rstrip(".")
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _torch_load(data: bytes | Path, origin: str, map_location: torch.device | str) -> Any:
@@ -112,7 +124,7 @@ def _torch_load(data: bytes | Path, origin: str, map_location: torch.device | st
         return torch.load(source, map_location=map_location, weights_only=True)
     except Exception as err:
         raise ReprlabError(
-            f"cannot load {origin} as weights ({_first_line(err)}); it is corrupt or not a plain "
+            f"cannot load {origin} as weights ({load_cause(err)}); it is corrupt or not a plain "
             "tensor checkpoint (pickled objects such as dill checkpoints are refused)"
         ) from None
 

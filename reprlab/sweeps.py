@@ -3,6 +3,8 @@ gathered into one table (``summary.csv``), failed ones listed with their error."
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from typing import Any
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from reprlab import atomic
 from reprlab.report import gather_runs, print_table, write_report
 
 
@@ -37,16 +40,46 @@ FAILURES: list[JobFailure] = []
 """The failed jobs of the sweep running in this process, in order."""
 
 
+FAILURE_FILE = "failure.json"
+"""Written into a failed job's directory, so a sweep whose jobs ran in other processes
+(launcher plugins: joblib, submitit) still knows which failed."""
+
+
 def record_failure(hydra_cfg: Any, error: str) -> None:
-    """Remember that the current Hydra job failed with ``error`` (one line)."""
-    FAILURES.append(
-        JobFailure(
-            num=int(hydra_cfg.job.num),
-            overrides=tuple(hydra_cfg.overrides.task),
-            directory=Path(hydra_cfg.runtime.output_dir),
-            error=error,
-        )
+    """Remember that the current Hydra job failed with ``error`` (one line), in this process and
+    in the job's directory (:data:`FAILURE_FILE`)."""
+    failure = JobFailure(
+        num=int(hydra_cfg.job.num),
+        overrides=tuple(hydra_cfg.overrides.task),
+        directory=Path(hydra_cfg.runtime.output_dir),
+        error=error,
     )
+    FAILURES.append(failure)
+    record = {"num": failure.num, "overrides": list(failure.overrides), "error": error}
+    with contextlib.suppress(OSError):
+        failure.directory.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(failure.directory / FAILURE_FILE, json.dumps(record))
+
+
+def gather_failures(sweep_dir: Path) -> None:
+    """Add to :data:`FAILURES` the failed jobs recorded under ``sweep_dir`` by other processes
+    (each job once, ordered by number)."""
+    known = {f.num for f in FAILURES}
+    for path in sorted(sweep_dir.glob(f"*/{FAILURE_FILE}")):
+        try:
+            record = json.loads(path.read_text())
+            failure = JobFailure(
+                num=int(record["num"]),
+                overrides=tuple(record["overrides"]),
+                directory=path.parent,
+                error=str(record["error"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if failure.num not in known:
+            FAILURES.append(failure)
+            known.add(failure.num)
+    FAILURES.sort(key=lambda f: f.num)
 
 
 def _warn(message: str) -> None:
@@ -79,6 +112,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        gather_failures(sweep_dir)
         table = gather_runs(sweep_dir, warn=_warn)
         extra = failure_rows(sweep_dir, table)
         if extra:

@@ -3,20 +3,34 @@
 The tap machinery itself lives on the model (:meth:`~reprlab.models.Classifier.features`,
 ``front``/``back``, :func:`~reprlab.models.select_taps`); this module adds what sits on top:
 :class:`TapRecorder` for activations of forward passes someone else runs (a training or attack
-loop calling ``model(x)``), the differentiable :func:`representation`, and :func:`describe_taps`
-for the ``reprlab taps`` command. Captured tensors are clones, so in-place ReLUs and reused
+loop calling ``model(x)``), the differentiable :func:`representation` (optionally with the
+`robustness` library's ``fake_relu``, :func:`fake_relu`), and :func:`describe_taps` for the
+``reprlab taps`` command. Captured tensors are clones, so in-place ReLUs and reused
 modules cannot corrupt them; a hooked module that runs a number of times other than the probe
 found is a :class:`TapError`, never a silent guess.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
+from torch import nn
 
+from reprlab.errors import ReprlabError
 from reprlab.models.base import Classifier, TapSpec, select_taps
-from reprlab.models.probe import CallCapture, TapError
+from reprlab.models.probe import CallCapture, TapError, TapInfo
 
-__all__ = ["TapError", "TapRecorder", "describe_taps", "representation"]
+__all__ = [
+    "TapError",
+    "TapRecorder",
+    "describe_taps",
+    "fake_relu",
+    "last_relu",
+    "representation",
+    "straight_through_relu",
+]
 
 
 class TapRecorder:
@@ -59,13 +73,104 @@ class TapRecorder:
         return logits, self.collect()
 
 
-def representation(model: Classifier, x: torch.Tensor) -> torch.Tensor:
-    """The penultimate representation [n, d] of ``x``, differentiable with respect to ``x``.
+def representation(
+    model: Classifier, x: torch.Tensor, *, tap: str | None = None, fake_relu: bool = False
+) -> torch.Tensor:
+    """The activation [n, d] (flattened) of ``x`` at ``tap``, differentiable with respect to ``x``.
 
-    Runs the stages only up to the representation tap (never the final linear layer).
+    ``tap`` defaults to the penultimate representation tap. Runs the stages only up to the tap
+    (never the final linear layer). ``fake_relu=True`` makes the last ReLU at or before the tap
+    the identity in the backward pass (see :func:`fake_relu`); values are unchanged.
     """
-    tap = model.representation_tap
-    return model.features(x, [tap], detach=False)[tap].flatten(1)
+    tap = model.representation_tap if tap is None else tap
+    with _fake_relu_context(model, tap) if fake_relu else nullcontext():
+        return model.features(x, [tap], detach=False)[tap].flatten(1)
+
+
+# --- fake_relu: the `robustness` library's straight-through last ReLU ---------------------------
+
+
+class _StraightThroughReLU(torch.autograd.Function):
+    """max(x, 0) forward; identity backward (the `robustness` library's ``FakeReLU``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def straight_through_relu(x: torch.Tensor) -> torch.Tensor:
+    """``relu(x)`` whose gradient is the identity (dead units still pass gradient)."""
+    return _StraightThroughReLU.apply(x)
+
+
+def last_relu(model: Classifier, tap: str) -> TapInfo:
+    """The last ``nn.ReLU`` call at or before ``tap`` in the forward pass (a layer tap).
+
+    For a block tap this is the ReLU that ends the stage holding the tap or an earlier one (for
+    the pooled ``pool`` representation of a ResNet: the final ReLU of the last residual block,
+    as in the `robustness` library). ReLUs applied as functions (``F.relu``) are not modules and
+    are not found. Raises :class:`ReprlabError` when no ReLU module runs before ``tap``.
+    """
+    (name,) = select_taps(model, [tap])
+    taps = model.probe().taps
+    position = next(i for i, t in enumerate(taps) if t.name == name)
+    for info in reversed(taps[: position + 1]):
+        if info.kind == "layer" and isinstance(model.net.get_submodule(info.module), nn.ReLU):
+            return info
+    raise ReprlabError(
+        f"fake_relu: {model.arch} has no ReLU module at or before tap '{tap}'; set fake_relu=false"
+    )
+
+
+@contextmanager
+def fake_relu(model: Classifier, tap: str | None = None) -> Iterator[TapInfo]:
+    """Within the block, the last ReLU before ``tap`` is the identity in the backward pass.
+
+    The `robustness` library's ``fake_relu=True`` (used by Engstrom et al. 2019 for inversion and
+    feature visualisation): the forward values are unchanged, but units the ReLU zeroes still
+    pass gradient to the input, so an optimisation can revive dead coordinates. ``tap`` defaults
+    to the representation tap; the ReLU is :func:`last_relu`. Only that one call of the module
+    changes (a module called several times, like torchvision's BasicBlock ``relu``, keeps its
+    other calls). Reversible: the module's own ``forward`` is restored on exit. Yields the ReLU's
+    :class:`~reprlab.models.probe.TapInfo`.
+    """
+    tap = model.representation_tap if tap is None else tap
+    info = last_relu(model, tap)
+    module = model.net.get_submodule(info.module)
+    probe = model.probe()
+    call_stages = probe.calls[info.module]
+    # Which call of the module within its stage is the one to replace (1-based).
+    wanted = sum(stage == info.stage for stage in call_stages[: info.call])
+    counter = [0]
+    handle = None
+    if len(call_stages) > 1:
+        first = model.net.get_submodule(model.stages[info.stage][1][0])
+        if first is module:
+            raise ValueError(f"cannot count calls of {info.module}: it opens its own stage")
+        handle = first.register_forward_pre_hook(lambda *_: counter.__setitem__(0, 0))
+    had_own = "forward" in module.__dict__
+    original = module.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        counter[0] += 1
+        if len(call_stages) == 1 or counter[0] == wanted:
+            return straight_through_relu(x)
+        return original(x)
+
+    module.forward = forward
+    try:
+        yield info
+    finally:
+        if had_own:
+            module.forward = original
+        else:
+            del module.forward
+        if handle is not None:
+            handle.remove()
 
 
 def describe_taps(model: Classifier) -> list[dict[str, object]]:
@@ -85,3 +190,6 @@ def describe_taps(model: Classifier) -> list[dict[str, object]]:
         }
         for t in model.probe().taps
     ]
+
+
+_fake_relu_context = fake_relu  # ``representation``'s argument of the same name shadows it

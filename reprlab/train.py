@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reprlab import distributed
 from reprlab.attacks import PGD, preserved_buffers
 from reprlab.fit import (
     EpochBatches,
@@ -68,12 +69,18 @@ class TrainSettings(FitSettings):
     it attacks; its ``keep_best`` picks the last or the strongest iterate; for ``trades`` and
     ``mart`` with ``random_start`` it starts from x + 0.001·N(0, I) instead of a uniform point),
     ``beta`` TRADES' β or MART's λ. ``channels_last``: channels_last memory format on CUDA.
+    ``compile``: the model's forward through ``torch.compile`` (for the adversary's passes and
+    the training step). ``sync_batchnorm``: under data parallelism, BatchNorm statistics over
+    the global batch (SyncBatchNorm) instead of each rank's shard. None of these three change
+    what is learned beyond float rounding.
     """
 
     adversary: PGD | None = None
     channels_last: bool = True
     method: str | None = None
     beta: float = 0.0
+    compile: bool = False
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,6 +124,8 @@ def train_classifier(
     ----------
     loader:
         Yields (x [b,c,h,w] float in [0,1] on ``device``, y [b] int64) for each epoch number.
+        Under an initialised process group of several ranks (:mod:`reprlab.distributed`) these
+        are the global batches: each rank trains on its shard through DDP.
     evaluate:
         ``evaluate(model, epoch)`` -> metrics merged into the epoch's record (e.g. held-out clean
         and PGD accuracy). Called with the model in eval mode; train mode is restored after.
@@ -138,6 +147,15 @@ def train_classifier(
     memory_format = torch.channels_last if channels_last else None
     loss_of = _LOSSES[settings.resolved_method]
     adversary, beta = settings.adversary, settings.beta
+    # The adversary attacks the replica itself (its backward must not sync gradients); the
+    # training step goes through DDP when several ranks train.
+    attacked: nn.Module = torch.compile(model) if settings.compile else model
+    trained: nn.Module = attacked
+    if distributed.active():
+        trained = distributed.wrap(model, device, settings.sync_batchnorm)
+        if settings.compile:
+            trained = torch.compile(trained)
+        loader = distributed.ShardedBatches(loader, distributed.rank(), distributed.world_size())
 
     def step(
         batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
@@ -145,7 +163,7 @@ def train_classifier(
         x, y = batch
         if memory_format is not None:
             x = x.contiguous(memory_format=memory_format)
-        return loss_of(model, x, y, adversary, beta, generator)
+        return loss_of(attacked, trained, x, y, adversary, beta, generator)
 
     def report(state: dict[str, Any], record: dict[str, Any]) -> None:
         on_epoch_end(_classifier_state(state), record)
@@ -165,7 +183,12 @@ def train_classifier(
     return history
 
 
-# --- the step functions: (model, x, y, adversary, beta, generator) -> (loss, stats) ------------
+# --- the step functions: (attacked, trained, x, y, adversary, beta, generator) -> (loss, stats) --
+#
+# ``attacked`` is the replica the inner maximisation (and every no-grad pass) runs on: its
+# backward never synchronises gradients. ``trained`` is the same weights behind DDP when several
+# ranks train (else ``attacked`` itself): the loss's forward passes go through it, so the one
+# backward of the step all-reduces the parameter gradients.
 
 
 StepResult = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -182,28 +205,30 @@ def _clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
 
 
 def _standard(
-    model: nn.Module,
+    attacked: nn.Module,
+    trained: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     adversary: PGD | None,
     beta: float,
     generator: torch.Generator,
 ) -> StepResult:
-    logits = model(x)
+    logits = trained(x)
     return F.cross_entropy(logits, y), {"acc": _correct(logits, y)}
 
 
 def _pgd_at(
-    model: nn.Module,
+    attacked: nn.Module,
+    trained: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     adversary: PGD | None,
     beta: float,
     generator: torch.Generator,
 ) -> StepResult:
-    x_adv = adversary(model, x, y, generator=generator)
-    logits = model(x_adv)
-    stats = {"acc": _clean_correct(model, x, y), "robust_acc": _correct(logits, y)}
+    x_adv = adversary(attacked, x, y, generator=generator)
+    logits = trained(x_adv)
+    stats = {"acc": _clean_correct(attacked, x, y), "robust_acc": _correct(logits, y)}
     return F.cross_entropy(logits, y), stats
 
 
@@ -222,7 +247,8 @@ def _inner_start(
 
 
 def _trades(
-    model: nn.Module,
+    attacked: nn.Module,
+    trained: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     adversary: PGD | None,
@@ -230,15 +256,19 @@ def _trades(
     generator: torch.Generator,
 ) -> StepResult:
     inner, start = _inner_start(adversary, x, generator)
-    with torch.no_grad(), preserved_buffers(model), module_mode(model, mode=inner.model_mode):
-        target = F.softmax(model(x).float(), dim=1)
+    with (
+        torch.no_grad(),
+        preserved_buffers(attacked),
+        module_mode(attacked, mode=inner.model_mode),
+    ):
+        target = F.softmax(attacked(x).float(), dim=1)
 
     def kl_to_clean(x_adv: torch.Tensor) -> torch.Tensor:
-        log_q = F.log_softmax(model(x_adv).float(), dim=1)
+        log_q = F.log_softmax(attacked(x_adv).float(), dim=1)
         return F.kl_div(log_q, target, reduction="none").sum(dim=1)
 
-    x_adv = inner(model, x, objective=kl_to_clean, generator=generator, start=start)
-    logits, logits_adv = model(x), model(x_adv)
+    x_adv = inner(attacked, x, objective=kl_to_clean, generator=generator, start=start)
+    logits, logits_adv = trained(x), trained(x_adv)
     robust = F.kl_div(
         F.log_softmax(logits_adv.float(), dim=1),
         F.softmax(logits.float(), dim=1),
@@ -249,7 +279,8 @@ def _trades(
 
 
 def _mart(
-    model: nn.Module,
+    attacked: nn.Module,
+    trained: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     adversary: PGD | None,
@@ -257,8 +288,8 @@ def _mart(
     generator: torch.Generator,
 ) -> StepResult:
     inner, start = _inner_start(adversary, x, generator)
-    x_adv = inner(model, x, y, generator=generator, start=start)
-    logits, logits_adv = model(x), model(x_adv)
+    x_adv = inner(attacked, x, y, generator=generator, start=start)
+    logits, logits_adv = trained(x), trained(x_adv)
     adv_probs = F.softmax(logits_adv.float(), dim=1)
     top2 = adv_probs.argsort(dim=1)[:, -2:]
     other = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])

@@ -9,22 +9,49 @@ held-out monitor, keeps the best-robust-validation weights when the recipe asks 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from dataclasses import dataclass
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from reprlab import distributed
 from reprlab.attacks import PGD, robust_accuracy
 from reprlab.config import DatasetSpec, ModelRecipe, ValidationSpec
 from reprlab.data import DatasetInfo, TensorLoader, load_tensors, make_loader
 from reprlab.errors import ReprlabError
 from reprlab.recipes import build_for, describe_adversary, monitor_attack, train_settings
-from reprlab.runtime import seeded_generator
+from reprlab.runtime import SpeedSwitches, seeded_generator
 from reprlab.store import TrainingFiles
 from reprlab.train import train_classifier
 
 log = logging.getLogger("reprlab")
+
+
+DEFAULT_SPEED = SpeedSwitches(bf16=True, channels_last=True, compile=False)
+"""What training did before the switches existed: bf16 and channels_last on CUDA only."""
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """How the training job runs (``trainer.*``, resolved for the run's device): the number of
+    data-parallel processes, SyncBatchNorm, and the speed switches. Never in a store key."""
+
+    devices: int = 1
+    sync_batchnorm: bool = False
+    speed: SpeedSwitches = field(default_factory=lambda: DEFAULT_SPEED)
+
+    def record(self) -> dict[str, Any]:
+        """As recorded in run.json and the store entry's meta.json."""
+        speed = asdict(self.speed)
+        return {"devices": self.devices, "sync_batchnorm": self.sync_batchnorm, **speed}
 
 
 @dataclass(frozen=True)
@@ -137,13 +164,26 @@ def train_recipe(
     monitor: Monitor,
     num_workers: int,
     progress: bool,
+    trainer: Trainer = Trainer(),
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train ``spec`` on ``dataset`` into store entry ``files``; return (weights, summary).
 
     Resumes from the entry's checkpoint when one is there; writes a checkpoint and the metrics
     after every epoch and keeps the weights of ``spec.snapshot_epochs``. The summary records the
-    monitor's settings (``monitor``) next to its final numbers.
+    monitor's settings (``monitor``) next to its final numbers, and how it was trained
+    (``trainer``).
+
+    ``trainer.devices > 1``: the training runs in that many processes under ``torchrun``
+    (:func:`train_in_processes`); rank 0 writes the entry's files, this process (which holds
+    the entry's lock) waits and returns the weights of the last checkpoint. Inside such a
+    process (an initialised process group) every rank trains its shard; only rank 0's ``files``
+    write.
     """
+    if trainer.devices > 1 and not distributed.active():
+        return train_in_processes(
+            spec, dataset, files, device=device, monitor=monitor, num_workers=num_workers,
+            progress=progress, trainer=trainer,
+        )  # fmt: skip
     log.info(
         "model %s: training (%s, %d epochs)",
         spec.name,
@@ -213,34 +253,143 @@ def train_recipe(
         files.write_metrics(state["history"])
         files.save_checkpoint({**state, "best": best} if keep_best else state)
 
-    resume = files.load_checkpoint()
+    resume = distributed.broadcast(files.load_checkpoint())  # rank 0 reads, all resume
     if resume is not None:
         log.info("model %s: resuming after epoch %d", spec.name, resume["epoch"])
         best = resume.pop("best", None)
     history = train_classifier(
         model,
         loader,
-        train_settings(spec),
+        replace(
+            train_settings(spec),
+            mixed_precision=trainer.speed.bf16,
+            channels_last=trainer.speed.channels_last,
+            compile=trainer.speed.compile,
+            sync_batchnorm=trainer.sync_batchnorm,
+        ),
         device=device,
         evaluate=evaluate,
         resume=resume,
         on_epoch_end=on_epoch_end,
         progress=progress,
     )
-    summary: dict[str, Any] = {
-        "final": history[-1] if history else {},
-        "epochs_trained": len(history),
-        "monitor": monitor.settings(),
-    }
     if keep_best and best is not None:
         # The best epoch's weights are kept as its snapshot (cka_epochs compares it with the
         # last); meta.json names the epoch, so `model.checkpoint=best` finds them.
         files.save_snapshot(best["epoch"], best["model"])
-        summary["best"] = {"epoch": best["epoch"], robust_name: best["accuracy"]}
         log.info(
             "model %s: best robust validation accuracy %.4f at epoch %d",
             spec.name,
             best["accuracy"],
             best["epoch"],
         )
-    return model.state_dict(), summary
+    return model.state_dict(), _summary(history, monitor, trainer, best)
+
+
+def _summary(
+    history: list[dict[str, Any]],
+    monitor: Monitor,
+    trainer: Trainer,
+    best: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The store entry's training summary; ``best`` (epoch, accuracy) of a recipe keeping its
+    best-robust-validation weights."""
+    summary: dict[str, Any] = {
+        "final": history[-1] if history else {},
+        "epochs_trained": len(history),
+        "monitor": monitor.settings(),
+        "trainer": trainer.record(),
+    }
+    if best is not None:
+        summary["best"] = {"epoch": best["epoch"], monitor.names[1]: best["accuracy"]}
+    return summary
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child before exec)
+    """Ask Linux to SIGTERM this process when its parent dies (torchrun then stops its
+    workers), so a killed run leaves no training processes writing into the entry."""
+    import ctypes
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def train_in_processes(
+    spec: ModelRecipe,
+    dataset: DatasetSpec,
+    files: TrainingFiles,
+    *,
+    device: torch.device,
+    monitor: Monitor,
+    num_workers: int,
+    progress: bool,
+    trainer: Trainer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Train ``spec`` with ``trainer.devices`` DDP processes under ``torchrun`` (NCCL on CUDA,
+    gloo on the CPU); return (weights, summary) from the checkpoint rank 0 wrote last.
+
+    The job is handed over as JSON in the entry's ``work/`` directory; the workers run
+    :mod:`reprlab.ddp`. A killed parent takes torchrun (and so the workers) with it; a run
+    started again resumes from the last checkpoint, in one process or several.
+    """
+    job = {
+        "recipe": asdict(spec),
+        "dataset": asdict(dataset),
+        "monitor": {
+            "examples": monitor.examples,
+            "batch_size": monitor.batch_size,
+            "attack_steps": monitor.attack.steps,
+            "seed": monitor.seed,
+        },
+        "entry": str(files.entry),
+        "key": files.key,
+        "root": str(files.root),
+        "device_type": device.type,
+        "num_workers": num_workers,
+        "progress": progress,
+        "trainer": {**trainer.record(), "devices": trainer.devices},
+    }
+    path = files.entry / "work" / "ddp_job.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(job, indent=1))
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    if device.type == "cpu":  # share the cores between the gloo processes
+        threads = max(1, (os.cpu_count() or 1) // trainer.devices)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={trainer.devices}", "-m", "reprlab.ddp", str(path),
+    ]  # fmt: skip
+    log.info(
+        "model %s: training with %d %s processes (torchrun, DDP)",
+        spec.name,
+        trainer.devices,
+        "GPU" if device.type == "cuda" else "CPU (gloo)",
+    )
+    process = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+    try:
+        code = process.wait()
+    finally:
+        if process.poll() is None:  # interrupted: stop the workers before the lock goes
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    if code != 0:
+        raise RuntimeError(
+            f"distributed training of {spec.name} failed (torchrun exit {code}); the workers' "
+            "errors are above; run again to resume from the last finished epoch"
+        )
+    state = files.load_checkpoint()
+    if state is None or int(state["epoch"]) != spec.train.epochs:
+        raise RuntimeError(
+            f"distributed training of {spec.name} ended without the checkpoint of epoch "
+            f"{spec.train.epochs}"
+        )
+    if spec.validation is not None:  # the workers monitored the validation split
+        monitor = validation_monitor(spec, dataset)
+    return state["model"], _summary(list(state["history"]), monitor, trainer, state.get("best"))

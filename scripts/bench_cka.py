@@ -1,4 +1,4 @@
-"""Benchmark reprlab's layer-by-layer CKA against torch-cka 0.21: speed, agreement and memory.
+"""Benchmark layer CKA against its floor (the forward passes) and torch-cka 0.21.
 
 Both tools see the same two randomly initialised models (resnet18 on 3x32x32 when registered,
 else the cnn_madry MNIST CNN), the same taps, the same images and the same batches, and compute
@@ -7,13 +7,23 @@ flattened activations over minibatches (Nguyen et al. 2021), equal weight per ba
 ``layer_cka(..., kernel="linear", unbiased=True, pool=False)``. It does so in the models' dtype
 without centring, and recomputes the column Gram for every (row, column) pair.
 
-Prints, from one run:
-  * seconds for the forward passes alone, for reprlab and for torch-cka, and the speed ratio
-    (target >= 20x), also with the shared forward passes subtracted;
+The floor is what reprlab must do anyway: the forward passes of both models exactly as layer CKA
+runs them (:func:`reprlab.layerwise.tap_features`), with nothing computed from the activations.
+
+Prints, from one run, for each tap set asked for (``--taps declared layers`` does both), and
+the load average, since the machine may be shared:
+  * the floor and reprlab in ``--repeats`` rounds over all images, batch by batch: each batch's
+    forward passes alone and layer_cka on that batch follow each other (order alternating), so
+    both see about the same load; the per-round totals, reprlab / floor per round and per batch
+    pair, and their medians (target <= 1.1);
+  * torch-cka and a whole layer_cka run next to it, in ``--peer-repeats`` pairs (order
+    alternating): seconds, the speed-up torch-cka / reprlab per pair and its median, and the
+    speed-up on the CKA work alone (floor subtracted);
   * the max absolute difference of the matrices: against torch-cka as users run it (float32),
     and against torch-cka run in float64 on the first batches (like with like; target <= 1e-4);
-  * our peak memory for N and 4N images at one batch size, each measured in a fresh subprocess
-    (CPU: peak RSS delta; CUDA: max_memory_allocated delta), and their ratio (target ~1).
+  * our peak memory for N and 4N images at one batch size (first tap set), each measured in a
+    fresh subprocess (CPU: peak RSS delta; CUDA: max_memory_allocated delta), and their ratio
+    (target ~1).
 
 ``--taps declared`` uses the architecture's taps (resnet18: stem, 8 blocks, pool, logits);
 ``--taps layers`` uses the layer taps instead (every conv, BatchNorm, ReLU, pooling and linear
@@ -21,7 +31,7 @@ output, as Cianfarani et al. tap; modules called twice per pass are left out for
 
 Run from the repository root with reprlab importable (``pip install -e .`` or PYTHONPATH=.)::
 
-    python scripts/bench_cka.py                        # CPU defaults, about 3-5 minutes
+    python scripts/bench_cka.py --taps declared layers  # CPU, both tap sets, about 10 minutes
     python scripts/bench_cka.py --taps layers --n 256 --batch-size 64 --skip-memory
     python scripts/bench_cka.py --device cuda --n 10000 --batch-size 1024 --memory-n 2500
 """
@@ -34,6 +44,7 @@ import copy
 import importlib.util
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -43,7 +54,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reprlab.layerwise import layer_cka
+from reprlab.layerwise import layer_cka, tap_features
 from reprlab.models import available_archs, build_model, select_taps
 from reprlab.models.base import Classifier
 
@@ -123,14 +134,9 @@ def run_ours(model_a, model_b, taps, images: torch.Tensor, batch_size: int, devi
     """reprlab's matrix [p, q] with torch-cka's estimator (linear, unbiased, flattened)."""
     batches = (x.to(device) for x in images.split(batch_size))
     result = layer_cka(
-        model_a,
-        batches,
-        taps_a=taps,
-        model_b=model_b,
-        taps_b=taps,
-        kernel="linear",
-        unbiased=True,
-    )
+        model_a, batches, taps_a=taps, model_b=model_b, taps_b=taps, kernel="linear",
+        unbiased=True, progress=False,
+    )  # fmt: skip
     return result.matrix
 
 
@@ -166,39 +172,88 @@ def run_torch_cka(
 
 
 def forward_only(model_a, model_b, taps, images: torch.Tensor, batch_size: int, device) -> None:
-    """The floor both tools share: forward passes of both models capturing every tap."""
-    with torch.no_grad():
-        for x in images.split(batch_size):
-            model_a.features(x.to(device), taps)
-            model_b.features(x.to(device), taps)
+    """The floor: both models' forward passes on every batch, exactly as layer CKA runs them."""
+    for x in images.split(batch_size):
+        for model in (model_a, model_b):
+            tap_features(model, x.to(device), taps)
 
 
-def compare_speed(args: argparse.Namespace) -> None:
-    """Time both tools on the same models, taps and batches; check they agree."""
+def _median_line(label: str, values: list[float], unit: str = "s", show: bool = True) -> str:
+    rounds = "  ".join(f"{value:.2f}" for value in values) if show else f"{len(values)} pairs"
+    return f"{label:<36}{statistics.median(values):8.2f} {unit}  ({rounds})"
+
+
+def paired_rounds(
+    model_a, model_b, taps, images: torch.Tensor, args, device
+) -> dict[str, list[float]]:
+    """Floor vs reprlab, batch by batch: each batch's forward passes alone, then layer_cka on it.
+
+    The two runs of a pair follow each other (order alternating), so on a shared machine both
+    see about the same load; per round, the pairs add up to the full set of images. Returns the
+    per-round totals ("floor", "reprlab") and the per-pair ratios ("pairs").
+    """
+    out: dict[str, list[float]] = {"floor": [], "reprlab": [], "pairs": []}
+    batches = images.split(args.batch_size)
+    for index in range(args.repeats):
+        totals = {"floor": 0.0, "reprlab": 0.0}
+        for position, x in enumerate(batches):
+            runs = {
+                "floor": lambda x=x: forward_only(model_a, model_b, taps, x, len(x), device),
+                "reprlab": lambda x=x: run_ours(model_a, model_b, taps, x, len(x), device),
+            }
+            names = list(runs) if (index + position) % 2 == 0 else list(runs)[::-1]
+            pair = {name: timed(runs[name], device)[0] for name in names}
+            out["pairs"].append(pair["reprlab"] / pair["floor"])
+            for name, value in pair.items():
+                totals[name] += value
+        for name, value in totals.items():
+            out[name].append(value)
+    return out
+
+
+def compare_speed(args: argparse.Namespace, taps: str) -> None:
+    """Time floor, reprlab and torch-cka interleaved on one tap set; check agreement."""
     device = torch.device(args.device)
-    model_a, model_b, taps = build_pair(args.arch, args.taps, device)
+    model_a, model_b, tap_set = build_pair(args.arch, taps, device)
     images = torch.cat(list(image_batches(args.arch, args.n, args.n, torch.device("cpu"))))
-    p = q = len(taps)
-    print(f"{args.arch}, {args.taps} taps ({p} x {q}), {args.n} images, batch {args.batch_size}")
+    p = q = len(tap_set)
+    print(f"\n{args.arch}, {taps} taps ({p} x {q}), {args.n} images, batch {args.batch_size}")
     print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
-    forward_only(model_a, model_b, taps, images[: args.batch_size], args.batch_size, device)
-    floor, _ = timed(
-        lambda: forward_only(model_a, model_b, taps, images, args.batch_size, device), device
-    )
-    ours_s, ours_matrix = timed(
-        lambda: run_ours(model_a, model_b, taps, images, args.batch_size, device), device
-    )
-    print(f"forward passes alone (both models): {floor:9.2f} s")
-    print(f"reprlab layer_cka:                  {ours_s:9.2f} s")
+    print(f"load average at start: {_load_average()}")
+    warmup = images[: args.batch_size]
+    run_ours(model_a, model_b, tap_set, warmup, args.batch_size, device)
+    rounds = paired_rounds(model_a, model_b, tap_set, images, args, device)
+    ratios = [ours / floor for ours, floor in zip(rounds["reprlab"], rounds["floor"], strict=True)]
+    print(_median_line("forward passes alone (both models):", rounds["floor"]))
+    print(_median_line("reprlab layer_cka:", rounds["reprlab"]))
+    print(_median_line("reprlab / forward passes alone:", ratios, "x"))
+    print(_median_line("  the same, per batch pair:", rounds["pairs"], "x", show=False))
+    print("  (target <= 1.1; medians over rounds, and over batch pairs)")
     if args.skip_peer:
         return
-    peer_s, peer_matrix = timed(
-        lambda: run_torch_cka(model_a, model_b, taps, images, args.batch_size, device), device
-    )
-    print(f"torch-cka 0.21 (float32):           {peer_s:9.2f} s")
-    print(f"speed ratio torch-cka / reprlab:    {peer_s / ours_s:9.1f} x  (target >= 20)")
-    beyond_floor = (peer_s - floor) / max(ours_s - floor, 1e-9)
-    print(f"  CKA work only (forward subtracted): {beyond_floor:7.1f} x")
+    # torch-cka against a whole layer_cka run right before or after it.
+    peer: dict[str, list[float]] = {"reprlab": [], "torch-cka": [], "ratio": []}
+    results: dict[str, torch.Tensor] = {}
+    runs = {
+        name: lambda run=run: run(model_a, model_b, tap_set, images, args.batch_size, device)
+        for name, run in (("reprlab", run_ours), ("torch-cka", run_torch_cka))
+    }
+    for index in range(args.peer_repeats):
+        names = list(runs) if index % 2 == 0 else list(runs)[::-1]
+        for name in names:
+            seconds, results[name] = timed(runs[name], device)
+            peer[name].append(seconds)
+        peer["ratio"].append(peer["torch-cka"][-1] / peer["reprlab"][-1])
+    print(_median_line("torch-cka 0.21 (float32):", peer["torch-cka"]))
+    print(_median_line("reprlab layer_cka, next to it:", peer["reprlab"]))
+    print(_median_line("speed-up torch-cka / reprlab:", peer["ratio"], "x"))
+    floor = statistics.median(rounds["floor"]) * statistics.median(peer["reprlab"])
+    floor /= statistics.median(rounds["reprlab"])  # the floor scaled to the load of these runs
+    ours_work = statistics.median(peer["reprlab"]) - floor
+    if ours_work > 0:
+        work = (statistics.median(peer["torch-cka"]) - floor) / ours_work
+        print(f"  CKA work only (floor subtracted, scaled to these runs): {work:6.1f} x")
+    ours_matrix, peer_matrix = results["reprlab"], results["torch-cka"]
     float32_error = (peer_matrix - ours_matrix).abs().max().item()
     print(f"max |torch-cka float32 - reprlab|:  {float32_error:9.2e}  (torch-cka's float32 error)")
 
@@ -207,17 +262,25 @@ def compare_speed(args: argparse.Namespace) -> None:
     reference = run_torch_cka(
         copy.deepcopy(model_a).double(),
         copy.deepcopy(model_b).double(),
-        taps,
+        tap_set,
         subset.double(),
         args.batch_size,
         device,
     )
-    ours_subset = run_ours(model_a, model_b, taps, subset, args.batch_size, device)
+    ours_subset = run_ours(model_a, model_b, tap_set, subset, args.batch_size, device)
     difference = (reference - ours_subset).abs().max().item()
     print(
         f"max |torch-cka float64 - reprlab|:  {difference:9.2e}  (target <= 1e-4; "
         f"{len(subset)} images)"
     )
+
+
+def _load_average() -> str:
+    """The 1, 5 and 15 minute load averages (the machine may be shared), or "unknown"."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def _proc_status_bytes(field: str) -> int:
@@ -251,9 +314,9 @@ def _host_memory_peak() -> int:
 def peak_memory_worker(args: argparse.Namespace) -> None:
     """Run layer_cka on ``args.n`` streamed images; print our peak memory delta as JSON."""
     device = torch.device(args.device)
-    model_a, model_b, taps = build_pair(args.arch, args.taps, device)
-    warmup = next(image_batches(args.arch, 4, 4, device))
+    model_a, model_b, taps = build_pair(args.arch, args.taps[0], device)
     options = {"taps_a": taps, "model_b": model_b, "taps_b": taps, "progress": False}
+    warmup = next(image_batches(args.arch, 4, 4, device))
     layer_cka(model_a, [warmup], **options)  # allocator and lazy init
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -277,7 +340,7 @@ def measure_peak(args: argparse.Namespace, n: int) -> int:
         __file__,
         "--memory-worker",
         f"--arch={args.arch}",
-        f"--taps={args.taps}",
+        f"--taps={args.taps[0]}",
         f"--n={n}",
         f"--batch-size={args.batch_size}",
         f"--device={args.device}",
@@ -293,7 +356,7 @@ def compare_memory(args: argparse.Namespace) -> None:
     small, large = args.memory_n, 4 * args.memory_n
     peaks = {n: measure_peak(args, n) for n in (small, large)}
     kind = "max_memory_allocated" if args.device.startswith("cuda") else "peak RSS (VmHWM)"
-    print(f"reprlab peak memory ({kind} delta), batch {args.batch_size}:")
+    print(f"reprlab peak memory ({kind} delta), {args.taps[0]} taps, batch {args.batch_size}:")
     for n in (small, large):
         print(f"  {n:6d} images: {peaks[n] / 2**20:9.1f} MiB")
     print(f"  ratio 4N / N:  {peaks[large] / max(peaks[small], 1):9.2f}  (target ~1)")
@@ -306,14 +369,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--taps",
         choices=["declared", "layers"],
-        default="declared",
-        help="the block taps, or the layer taps (every conv/BN/ReLU/pool/linear, Cianfarani)",
+        nargs="+",
+        default=["declared"],
+        help="the architecture's taps, or every conv/BN/linear output as well (Cianfarani); "
+        "give both to measure both in one run",
     )
     parser.add_argument("--n", type=int, default=384, help="images for the speed comparison")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--check-batches", type=int, default=2, help="batches for the fp64 check")
     parser.add_argument("--memory-n", type=int, default=128, help="N of the N/4N memory test")
+    parser.add_argument("--repeats", type=int, default=5, help="paired rounds: floor, reprlab")
+    parser.add_argument("--peer-repeats", type=int, default=1, help="torch-cka, reprlab pairs")
     parser.add_argument("--skip-peer", action="store_true", help="no torch-cka comparison")
     parser.add_argument("--skip-memory", action="store_true", help="no memory measurement")
     parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
@@ -328,7 +395,8 @@ def main() -> None:
         return
     if not args.skip_peer and importlib.util.find_spec("torch_cka") is None:
         sys.exit("torch-cka is not installed; install it with: pip install torch-cka==0.21")
-    compare_speed(args)
+    for taps in args.taps:
+        compare_speed(args, taps)
     if not args.skip_memory:
         compare_memory(args)
 

@@ -20,7 +20,7 @@ from reprlab.models import available_archs
 from reprlab.recipes import model_identity
 from reprlab.store import store_key
 
-NEEDS_REF = {"cka_panels"}
+NEEDS_REF = {"cka_panels", "stir", "stitching"}
 
 
 def options():

@@ -17,7 +17,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "reprlab"
 # Layers from the top down; a module may import from its own layer and the layers below it,
 # except where FORBIDDEN says otherwise.
 LAYERS = {
-    "entry": {"reprlab.cli", "reprlab.execute", "reprlab.sweeps", "reprlab.__main__", "reprlab"},
+    "entry": {
+        "reprlab.cli",
+        "reprlab.execute",
+        "reprlab.sweeps",
+        "reprlab.launchers",
+        "reprlab.__main__",
+        "reprlab",
+    },
     "runners": {"reprlab.analyses"},  # the package: every runner and the shared runner modules
     "glue": {
         "reprlab.config",
@@ -25,6 +32,7 @@ LAYERS = {
         "reprlab.context",
         "reprlab.training",
         "reprlab.importing",
+        "reprlab.ddp",
     },
     "computation": {
         "reprlab.attacks",
@@ -35,6 +43,11 @@ LAYERS = {
         "reprlab.similarity",
         "reprlab.layerwise",
         "reprlab.taps",
+        "reprlab.mi",
+        "reprlab.stir",
+        "reprlab.distributed",
+        "reprlab.stitching",
+        "reprlab.inversion",
     },
     "files": {
         "reprlab.store",
@@ -42,6 +55,7 @@ LAYERS = {
         "reprlab.report",
         "reprlab.plots",
         "reprlab.atomic",
+        "reprlab.mounts",
     },
     "substrate": {"reprlab.models", "reprlab.data", "reprlab.runtime", "reprlab.errors"},
 }

@@ -10,7 +10,7 @@ from reference_cka import cka_matrix
 from torch import nn
 
 from reprlab.errors import ReprlabError
-from reprlab.layerwise import Member, joint_layer_cka, layer_cka
+from reprlab.layerwise import Member, joint_layer_cka, layer_cka, tap_features
 from reprlab.models.base import Body, Classifier, sequential_stages
 from reprlab.similarity import MinibatchCKA, cka
 
@@ -225,3 +225,18 @@ def test_joint_members_can_see_their_own_inputs(images):
     torch.testing.assert_close(joint.block("clean", "noisy").matrix, expected.matrix)
     with pytest.raises(ValueError, match="distinct"):
         joint_layer_cka([Member("x", model, taps), Member("x", model, taps)], [images])
+
+
+def test_tap_features_are_the_flattened_or_pooled_activations_in_tap_order(images):
+    """What layer CKA compares, and what scripts/bench_cka.py times as the floor."""
+    model = _toy_model(0).eval()
+    x = images[:16].clone().requires_grad_(True)
+    with torch.no_grad():  # by hand: the normalised input through the net's first three modules
+        relu1 = model.net[2](model.net[1](model.net[0]((x - 0.5) / 0.25)))
+    activations = {"relu1": relu1}
+    flat = tap_features(model, x, ["logits", "relu1"])
+    assert [tuple(f.shape) for f in flat] == [(16, 3), (16, 4 * 8 * 8)]
+    assert torch.equal(flat[1], activations["relu1"].flatten(1))
+    assert not any(f.requires_grad for f in flat)  # no autograd graph is kept
+    (pooled,) = tap_features(model, x, ["relu1"], pool=True)
+    torch.testing.assert_close(pooled, activations["relu1"].mean(dim=(2, 3)), rtol=0, atol=1e-7)

@@ -233,6 +233,51 @@ def test_success_ranks_above_the_value():
     assert result.success.tolist() == [True, False]
 
 
+def _threshold_objective(thresholds: list[float]):
+    """Value sum(x) per example; success once the mean pixel reaches ``thresholds[i]``."""
+    calls = []
+    limit = torch.tensor(thresholds)
+
+    def objective(x: torch.Tensor):
+        calls.append(len(calls))
+        return x.flatten(1).sum(dim=1), x.flatten(1).mean(dim=1) >= limit - 1e-6
+
+    return objective, calls
+
+
+def test_stop_on_success_freezes_each_example_at_its_first_success():
+    # sign steps of 0.01 from 0: iterate t is 0.01·t, so example i succeeds first at t = 100·thr.
+    start = torch.zeros(3, *SHAPE)
+    objective, _ = _threshold_objective([0.03, 0.05, 2.0])  # the last never succeeds
+    optimizer = InputOptimizer(
+        steps=10, step_size=0.01, step="sign", stop_on_success=True, trace=True
+    )
+    result = optimizer(objective, start)
+    assert torch.allclose(result.x[0], torch.full(SHAPE, 0.03))
+    assert torch.allclose(result.x[1], torch.full(SHAPE, 0.05))
+    assert torch.allclose(result.x[2], torch.full(SHAPE, 0.10))  # ran the whole budget
+    assert result.success.tolist() == [True, True, False]
+    assert result.trace.shape == (11, 3)
+    frozen_value = 0.03 * start[0].numel()
+    assert torch.allclose(result.trace[3:, 0], torch.full((8,), frozen_value))
+    # Without the stop the same run moves on past the first success.
+    plain = InputOptimizer(steps=10, step_size=0.01, step="sign")(
+        _threshold_objective([0.03, 0.05, 2.0])[0], start
+    )
+    assert torch.allclose(plain.x, torch.full_like(start, 0.10))
+
+
+def test_stop_on_success_ends_the_loop_once_every_example_is_frozen():
+    start = torch.zeros(2, *SHAPE)
+    objective, calls = _threshold_objective([0.02, 0.04])
+    optimizer = InputOptimizer(steps=50, step_size=0.01, step="sign", stop_on_success=True)
+    result = optimizer(objective, start)
+    assert len(calls) == 5 + 1  # iterates 0..4 (both succeeded by 4), then the final value
+    assert result.success.all()
+    with pytest.raises(ValueError, match="values, success"):
+        optimizer(lambda x: x.flatten(1).sum(dim=1), start)
+
+
 def test_trace_of_a_convex_objective_decreases_and_ends_at_the_value():
     generator = _seeded(8)
     target, start = torch.rand(4, *SHAPE, generator=generator), torch.rand(4, *SHAPE)
@@ -350,6 +395,7 @@ def test_no_parameter_gets_a_gradient_and_no_grad_and_bf16_autocast_are_fine():
         ({"eps": -1.0}, "eps"),
         ({"restarts": 2}, "random_start"),
         ({"trace": True, "restarts": 2, "random_start": True, "eps": 0.1}, "trace"),
+        ({"stop_on_success": True, "batch_objective": True}, "stop_on_success"),
     ],
 )
 def test_impossible_settings_are_refused(options, message):

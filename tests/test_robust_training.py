@@ -92,7 +92,7 @@ def test_step_functions_match_the_authors_losses(model, batch, method, reference
     adversary = PGD(eps=EPS, step_size=STEP, steps=STEPS, random_start=True, keep_best=False)
     step = train._LOSSES[method]
     twin = copy.deepcopy(model)  # train-mode forwards move BatchNorm's running statistics
-    loss, stats = step(model, x, y, adversary, beta, torch.Generator().manual_seed(9))
+    loss, stats = step(model, model, x, y, adversary, beta, torch.Generator().manual_seed(9))
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
     expected = reference(twin, x, y, noise, beta)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
@@ -128,7 +128,7 @@ def test_outer_losses_follow_the_papers_formulas(model, batch, method) -> None:
     x_adv = (x + 3 * EPS * torch.sign(torch.randn(x.shape, generator=generator))).clamp(0, 1)
     adversary = _FixedAdversary(eps=EPS, step_size=STEP, steps=1, fixed=x_adv)
     beta = 6.0 if method == "trades" else 5.0
-    loss, _ = train._LOSSES[method](model, x, y, adversary, beta, torch.Generator())
+    loss, _ = train._LOSSES[method](model, model, x, y, adversary, beta, torch.Generator())
     with torch.no_grad():
         p = F.softmax(model(x).double(), dim=1)
         q = F.softmax(model(x_adv).double(), dim=1)
@@ -149,7 +149,7 @@ def test_outer_losses_follow_the_papers_formulas(model, batch, method) -> None:
 def test_trades_with_beta_zero_is_clean_cross_entropy(model, batch) -> None:
     x, y = batch
     adversary = PGD(eps=EPS, step_size=STEP, steps=2, random_start=True, keep_best=False)
-    loss, _ = train._trades(model, x, y, adversary, 0.0, torch.Generator().manual_seed(0))
+    loss, _ = train._trades(model, model, x, y, adversary, 0.0, torch.Generator().manual_seed(0))
     assert loss.item() == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-6)
 
 

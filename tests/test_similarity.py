@@ -208,12 +208,127 @@ def test_within_accumulator_equals_cross_accumulator_on_the_same_features():
     torch.testing.assert_close(matrix, cross.compute(), rtol=0, atol=1e-12)
 
 
-def test_wide_features_are_cast_in_chunks_without_changing_the_gram(monkeypatch):
-    x = torch.randn(12, 3, 5, 7, generator=_generator(4)) + 100.0
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_features_are_centred_and_multiplied_in_chunks(monkeypatch, dtype):
+    x = torch.randn(12, 3, 5, 7, generator=_generator(4), dtype=torch.float64) + 100.0
+    x = x.to(dtype)
     flat = x.reshape(12, -1).double()
     centred = flat - flat.mean(0)
-    monkeypatch.setattr(similarity, "_CAST_CHUNK_ELEMENTS", 12 * 4)  # 4 columns at a time
-    torch.testing.assert_close(linear_gram(x), centred @ centred.T, rtol=1e-12, atol=1e-9)
+    expected = centred @ centred.T
+    tolerance = (1e-12 if dtype == torch.float64 else 1e-6) * expected.abs().max().item()
+    monkeypatch.setattr(similarity, "_FLOAT32_MIN_WIDTH", 1)  # float32 products at this width
+    torch.testing.assert_close(linear_gram(x), expected, rtol=0, atol=tolerance)
+    monkeypatch.setattr(similarity, "_CHUNK_ELEMENTS", 12 * 4)  # 4 columns at a time
+    torch.testing.assert_close(linear_gram(x), expected, rtol=0, atol=tolerance)
+
+
+def _activations(n: int, shape: tuple[int, ...], offset: float, seed: int) -> torch.Tensor:
+    """float32 maps [n, *shape] like a network's: a shared 6-d latent (seed 0) read out by random
+    weights through a ReLU, plus log-normal (heavy-tailed) noise and a large common offset."""
+    latent = torch.randn(n, 6, generator=_generator(0), dtype=torch.float64)
+    g = _generator(seed)
+    width = math.prod(shape)
+    signal = torch.relu(latent @ torch.randn(6, width, generator=g, dtype=torch.float64))
+    noise = torch.exp(1.5 * torch.randn(n, width, generator=g, dtype=torch.float64))
+    return (3 * signal + noise + offset).float().reshape(n, *shape)
+
+
+def _reference_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool) -> float:
+    """CKA straight from the definitions in float64, written without reprlab's code."""
+    n = x.shape[0]
+    ones = torch.ones(n, dtype=torch.float64)
+    centring = torch.eye(n, dtype=torch.float64) - 1 / n
+
+    def gram(features: torch.Tensor) -> torch.Tensor:
+        flat = features.reshape(n, -1).double()
+        flat = flat - flat.mean(dim=0)
+        return flat @ flat.T
+
+    def hsic_of(k: torch.Tensor, l: torch.Tensor) -> float:  # noqa: E741
+        if not unbiased:
+            return (torch.trace(k @ centring @ l @ centring) / (n - 1) ** 2).item()
+        k = k - torch.diag(torch.diag(k))
+        l = l - torch.diag(torch.diag(l))  # noqa: E741
+        value = (
+            torch.trace(k @ l)
+            + (ones @ k @ ones) * (ones @ l @ ones) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * (ones @ k @ l @ ones)
+        )
+        return (value / (n * (n - 3))).item()
+
+    k, l = gram(x), gram(y)  # noqa: E741
+    return hsic_of(k, l) / math.sqrt(hsic_of(k, k) * hsic_of(l, l))
+
+
+@pytest.mark.parametrize(
+    ("n", "shape_x", "shape_y", "route"),
+    [
+        (96, (32, 16, 16), (32, 8, 8), "gram"),  # float32 products in 2 slices; float64 products
+        (64, (8, 32, 32), (16, 16, 16), "gram"),  # float32 products on both sides
+        (300, (4, 3, 3), (10,), "features"),  # D = 46 < n
+        (256, (8, 4, 4), (16, 2, 2), "features"),  # D = 192 < n
+    ],
+)
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_fast_routes_agree_with_a_float64_reference(
+    monkeypatch, n, shape_x, shape_y, route, unbiased
+):
+    x = _activations(n, shape_x, offset=1e4, seed=1)
+    y = _activations(n, shape_y, offset=-3e3, seed=2)
+    expected = _reference_cka(x, y, unbiased)
+    routes, products = [], []
+    feature_hsic, gram_products = similarity._feature_hsic, similarity._gram_products
+
+    def spy_features(*args, **kwargs):
+        routes.append("features")
+        return feature_hsic(*args, **kwargs)
+
+    def spy_gram(flat, dtype, *args):
+        routes.append("gram")
+        products.append(dtype)
+        return gram_products(flat, dtype, *args)
+
+    monkeypatch.setattr(similarity, "_feature_hsic", spy_features)
+    monkeypatch.setattr(similarity, "_gram_products", spy_gram)
+    assert cka(x, y, unbiased=unbiased) == pytest.approx(expected, abs=1e-6)
+    accumulator = MinibatchCKA(["x", "y"], unbiased=unbiased)
+    accumulator.update([x, y])
+    assert accumulator.compute()[0, 1].item() == pytest.approx(expected, abs=1e-6)
+    assert set(routes) == {route}
+    if route == "gram":
+        assert torch.float32 in products  # the fast float32 products were exercised
+    assert 0.05 < abs(expected) < 0.95  # a non-trivial value
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_feature_route_equals_the_gram_route(unbiased):
+    x, y = _correlated(50)
+    named = [("x", x), ("x2", x[:, :7] ** 2), ("y", y + 1e3), ("xy", x[:, :3] * y[:, :3])]
+    grams = gram_stack([tensor for _, tensor in named])
+    expected = hsic_matrix(grams, unbiased=unbiased)
+    features = similarity._feature_hsic(named, unbiased)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-12 * scale)
+
+
+def test_float32_products_ignore_autocast_and_reduced_matmul_precision():
+    x = _activations(16, (4096,), offset=10.0, seed=3)
+    expected = linear_gram(x)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")  # allows bf16 products where supported
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(linear_gram(x), expected)
+        assert torch.get_float32_matmul_precision() == "medium"  # restored
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_float32_products_that_overflow_fall_back_to_float64():
+    x = _activations(8, (4096,), offset=0.0, seed=4) * 1e19  # squares beyond float32's range
+    expected = linear_gram(x.double())
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(linear_gram(x), expected, rtol=1e-12, atol=0)
 
 
 def test_nan_or_inf_features_raise_naming_the_representation():
@@ -228,6 +343,12 @@ def test_nan_or_inf_features_raise_naming_the_representation():
     broken[:, 2] = float("-inf")  # a constant column of inf must not be centred away
     with pytest.raises(ReprlabError, match="NaN or inf"):
         cka(x, broken.float())
+    with pytest.raises(ReprlabError, match="'y': NaN or inf"):
+        cka(x[:, :2], broken[:, :3])  # the feature-space route
+    wide = torch.randn(20, 4096, generator=_generator(5))
+    wide[7, 100] = float("nan")
+    with pytest.raises(ReprlabError, match="'y': NaN or inf"):
+        cka(x, wide)  # float32 products
 
 
 def test_unbiased_estimator_needs_four_examples():
@@ -240,10 +361,11 @@ def test_unbiased_estimator_needs_four_examples():
         accumulator.update([x], [y])
 
 
+@pytest.mark.parametrize("width", [6, 4096])  # feature space / Grams of float32 products
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_constant_representation_raises_naming_it(dtype):
+def test_constant_representation_raises_naming_it(dtype, width):
     x, _ = _correlated(40)
-    constant = torch.full((40, 6), 0.1, dtype=dtype)  # 0.1 is inexact in binary
+    constant = torch.full((40, width), 0.1, dtype=dtype)  # 0.1 is inexact in binary
     with pytest.raises(ReprlabError, match="'y' is constant"):
         cka(x, constant)
     accumulator = MinibatchCKA(["ok", "dead"])

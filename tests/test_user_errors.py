@@ -176,11 +176,10 @@ def test_weights_that_do_not_fit_name_the_keys(tmp_path: Path) -> None:
     state["renamed.weight"] = state.pop(names[0])
     last = names[-1]
     state[last] = torch.zeros(3, *state[last].shape[1:])
-    weights = tmp_path / "weights.pt"
-    torch.save(state, weights)
     with pytest.raises(ReprlabError) as caught:
-        ctx.load(spec, weights)
+        ctx.load(spec, state, "weights.pt")
     message = str(caught.value)
+    assert message.startswith(f"weights.pt does not fit {spec.arch}: ")
     assert "\n" not in message
     assert f"missing keys {names[0]}" in message
     assert "unexpected keys renamed.weight" in message

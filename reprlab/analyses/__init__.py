@@ -2,7 +2,9 @@
 
 Each runner module exposes ``settings(cfg) -> Settings`` (its typed schema: the ``analysis.*``
 keys merged into a dataclass and range-checked; raises ReprlabError on bad parameters, before any
-work) and ``run(cfg, ctx) -> dict`` (the run's summary, stored in run.json). Runners are the only
+work) and ``run(cfg, ctx) -> dict`` (the run's summary, stored in run.json). A runner that reads
+files besides the run's dataset may also expose ``check_data(cfg)``, raising ReprlabError when
+they are missing (run after the dataset check, before any file is written). Runners are the only
 code that reads the config; they never import each other.
 """
 
@@ -26,6 +28,17 @@ RUNNERS = {
     "cka": "reprlab.analyses.cka",
     "cka_panels": "reprlab.analyses.cka_panels",
     "cka_epochs": "reprlab.analyses.cka_epochs",
+    "vulnerability": "reprlab.analyses.vulnerability",
+    "vulnerability_learn": "reprlab.analyses.vulnerability_learn",
+    "stir": "reprlab.analyses.stir",
+    "stitching": "reprlab.analyses.stitching",
+    # Engstrom et al. 2019: five analyses and the study running any of them (one runner).
+    "inversion": "reprlab.analyses.inversion_study",
+    "repr_distance": "reprlab.analyses.inversion_study",
+    "feature_vis": "reprlab.analyses.inversion_study",
+    "feature_manip": "reprlab.analyses.inversion_study",
+    "interpolation": "reprlab.analyses.inversion_study",
+    "inversion_study": "reprlab.analyses.inversion_study",
 }
 
 
@@ -36,6 +49,7 @@ class Analysis:
     name: str
     settings: Callable[[DictConfig], Any]
     run: Callable[[DictConfig, RunContext], dict[str, Any]]
+    check_data: Callable[[DictConfig], None] | None = None
 
 
 def get_analysis(name: str) -> Analysis:
@@ -45,7 +59,12 @@ def get_analysis(name: str) -> Analysis:
             f"unknown analysis '{name}'; choose one of: {', '.join(sorted(RUNNERS))}"
         )
     module = importlib.import_module(RUNNERS[name])
-    return Analysis(name=name, settings=module.settings, run=module.run)
+    return Analysis(
+        name=name,
+        settings=module.settings,
+        run=module.run,
+        check_data=getattr(module, "check_data", None),
+    )
 
 
 def validate_run(cfg: DictConfig) -> None:
@@ -55,5 +74,8 @@ def validate_run(cfg: DictConfig) -> None:
     from reprlab.config import check_data, validate
 
     validate(cfg)
-    get_analysis(cfg.analysis.name).settings(cfg)
+    analysis = get_analysis(cfg.analysis.name)
+    analysis.settings(cfg)
     check_data(cfg)
+    if analysis.check_data is not None:
+        analysis.check_data(cfg)

