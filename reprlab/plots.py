@@ -361,6 +361,8 @@ def similarity_matrices(
         ax.set_ylabel(row_label, fontsize=8)
         ax.set_title(panel_title, fontsize=8)
     figure.colorbar(image, ax=list(axes[0]), label=label, shrink=0.8)
+    figure.suptitle(title, fontsize=9)
+    return figure
 
 
 def stitching_curves(
@@ -457,6 +459,7 @@ def image_rows(rows: Mapping[str, np.ndarray], *, title: str) -> Figure:
                 ax.imshow(np.transpose(image, (1, 2, 0)))
         row[0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     figure.suptitle(title, fontsize=8)
+    return figure
 
 
 def stitching_matrix(
