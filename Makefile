@@ -30,6 +30,8 @@ data: $(MNIST)
 demo: setup data
 	$(BIN)/reprlab run -m experiment=demo model=cnn_small,cnn_small_at
 	$(BIN)/reprlab run experiment=demo_cka
+# issue 12: PGD-20 and AutoAttack (authors' code) side by side on the robust CNN, 50 images (~1 min idle)
+	$(BIN)/reprlab run experiment=demo model=cnn_small_at attack=autoattack analysis.examples=50 analysis.eps=[0.2]
 	$(BIN)/reprlab run experiment=vulnerability_demo analysis.train_examples=1000 analysis.critic_epochs=2 analysis.search_steps=3
 	$(BIN)/reprlab run experiment=stir_demo analysis.models=null ref=cnn_small_at analysis.examples=100 analysis.repeats=2
 	$(BIN)/reprlab run -m experiment=stitching_demo pair=demo_std_rob,demo_rob_std analysis.examples=300

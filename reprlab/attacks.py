@@ -5,15 +5,23 @@ Attacks", ICLR 2018: from a (random) start inside the ε-ball around a clean inp
 gradient steps on a per-example objective, projecting back onto the ball and the image box [0, 1]
 after each one. Inputs are images in pixel space (float, [0, 1]); the model normalises them itself,
 so ε is in pixel units. :class:`PGD` is a preset of the one input-space optimiser,
-:class:`reprlab.optimize.InputOptimizer` (``PGD.optimizer``), plus the cross-entropy objective and
-the model's mode.
+:class:`reprlab.optimize.InputOptimizer` (``PGD.optimizer``), plus its objective (cross-entropy,
+or the Carlini–Wagner margin loss: PGD-CW) and the model's mode.
+
+Every attack reprlab evaluates with follows one protocol (:class:`Attack`): an object called as
+``attack(model, x, y, generator=...) -> x_adv`` with ``norm``, ``eps``, ``targeted``,
+``describe()`` and ``settings()``. :class:`PGD` is one; :class:`reprlab.autoattack.AutoAttack`
+(AutoAttack and APGD from the authors' code) is another. :func:`robust_accuracy` and
+:func:`correct_under` take any of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +33,23 @@ from reprlab.optimize import NORMS, InputOptimizer, sample_start
 from reprlab.runtime import MODES as MODEL_MODES
 from reprlab.runtime import module_mode
 
-__all__ = ["NORMS", "PGD", "AttackConfigError", "Objective", "robust_accuracy", "sample_start"]
+__all__ = [
+    "NORMS",
+    "PGD",
+    "PGD_LOSSES",
+    "Attack",
+    "AttackConfigError",
+    "Objective",
+    "correct_under",
+    "margin",
+    "preserved_buffers",
+    "robust_accuracy",
+    "sample_start",
+]
+
+PGD_LOSSES = ("ce", "cw")
+"""PGD's default objectives: cross-entropy, or the Carlini–Wagner margin loss
+``max_{j≠y} z_j − z_y`` on the logits z (Carlini & Wagner 2017; PGD-CW)."""
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 """Maps perturbed inputs ``x_adv`` [n, ...] to a per-example objective [n], differentiable in
@@ -38,6 +62,56 @@ class AttackConfigError(ReprlabError, ValueError):
     A :class:`~reprlab.errors.ReprlabError`, so the CLI prints it as one line, and a
     ``ValueError``, since it is an invalid argument value.
     """
+
+
+@runtime_checkable
+class Attack(Protocol):
+    """What every attack offers (PGD, PGD-CW, APGD, AutoAttack).
+
+    ``attack(model, x, y, generator=None) -> x_adv``: ``x`` [n, ...] float in [0, 1], ``y`` [n]
+    int64 labels; returns ``x_adv`` of ``x``'s shape, dtype and device, detached, inside the
+    ``norm`` ball of radius ``eps`` around ``x`` and in [0, 1]. The model is run in the attack's
+    mode and its train/eval flags and BatchNorm buffers are as before afterwards; no parameter
+    accumulates ``.grad``. ``generator`` drives the attack's random draws where it takes them
+    from one (PGD); attacks with their own seed (AutoAttack) ignore it. ``describe()`` is a short
+    name (``PGD-20 linf``), ``settings()`` every setting as plain values (for run.json).
+    An attack with ``whole_set = True`` wants all examples in one call (it batches internally),
+    so that its result does not depend on how the caller split them.
+    """
+
+    norm: str
+    eps: float
+    targeted: bool
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor: ...
+
+    def describe(self) -> str: ...
+
+    def settings(self) -> dict[str, Any]: ...
+
+
+@contextlib.contextmanager
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer of ``model`` (BatchNorm running statistics and batch counts) on exit.
+
+    An attack that runs the model in train mode makes BatchNorm update its running statistics
+    with every forward pass; this snapshot keeps the model as it was, so a later evaluation (the
+    next radius of a sweep) sees the same model.
+    """
+    saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, copy in saved:
+                buffer.copy_(copy)
 
 
 @dataclass(frozen=True)
@@ -72,6 +146,14 @@ class PGD:
     restarts:
         Independent runs from fresh random starts; per example the best result is returned (see
         "Which iterate is returned"). Restarts beyond the first need ``random_start``.
+    clean_first:
+        With ``random_start``: the first run starts from the clean input, the later restarts
+        from random starts; the result is never weaker than the no-start attack. (In 784
+        dimensions an L2 start uniform in the ball lies almost on its sphere, which weakens a
+        single-restart attack by several points: REFERENCE.md.)
+    loss:
+        The default objective: ``"ce"`` (cross-entropy) or ``"cw"`` (the Carlini–Wagner margin
+        ``max_{j≠y} z_j − z_y`` on the logits: PGD-CW). Ignored with a custom ``objective``.
     targeted:
         If true, ``y`` holds target labels and the attack *minimises* the objective (by default the
         cross-entropy to ``y``), i.e. pushes the prediction towards ``y``.
@@ -80,9 +162,11 @@ class PGD:
         the final iterate) instead of the last one. Costs one extra forward pass per restart.
     model_mode:
         Mode of the model during the attack: ``"eval"`` (default; BatchNorm uses its running
-        statistics, and they are not updated), ``"train"`` (BatchNorm uses and *updates* batch
+        statistics, and they are not updated), ``"train"`` (BatchNorm normalises with batch
         statistics) or ``"keep"`` (the caller's mode). The caller's mode of every submodule is
-        restored afterwards.
+        restored afterwards, and outside ``"eval"`` so are the model's buffers (BatchNorm's
+        running statistics, see :func:`preserved_buffers`): an attack leaves the model as it
+        found it.
 
     Which iterate is returned
     -------------------------
@@ -124,6 +208,8 @@ class PGD:
     targeted: bool = False
     keep_best: bool = True
     model_mode: str = "eval"
+    clean_first: bool = False
+    loss: str = "ce"
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -145,6 +231,30 @@ class PGD:
             raise AttackConfigError(
                 f"unknown attack model_mode '{self.model_mode}'; use one of {MODEL_MODES}"
             )
+        if self.loss not in PGD_LOSSES:
+            raise AttackConfigError(f"unknown PGD loss '{self.loss}'; use one of {PGD_LOSSES}")
+
+    def describe(self) -> str:
+        """``PGD-20 linf`` or ``PGD-CW-20 l2``."""
+        name = "PGD-CW" if self.loss == "cw" else "PGD"
+        return f"{name}-{self.steps} {self.norm}"
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting, as plain values (recorded in run.json)."""
+        return {
+            "attack": "pgd",
+            "loss": self.loss,
+            "norm": self.norm,
+            "eps": self.eps,
+            "step_size": self.step_size,
+            "steps": self.steps,
+            "random_start": self.random_start,
+            "clean_first": self.clean_first,
+            "restarts": self.restarts,
+            "targeted": self.targeted,
+            "keep_best": self.keep_best,
+            "model_mode": self.model_mode,
+        }
 
     @property
     def optimizer(self) -> InputOptimizer:
@@ -163,6 +273,7 @@ class PGD:
             maximize=not self.targeted,
             random_start=self.random_start,
             restarts=self.restarts,
+            clean_first=self.clean_first,
             keep_best=self.keep_best,
             final_value=self.keep_best or self.restarts > 1,
         )
@@ -175,11 +286,14 @@ class PGD:
         *,
         objective: Objective | None = None,
         generator: torch.Generator | None = None,
+        start: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attack ``x``; return ``x_adv`` (same shape, dtype, device; detached).
 
         ``generator`` drives the random start (so a start can be replayed); without it the global
-        torch RNG is used. It may live on the CPU while ``x`` is on another device.
+        torch RNG is used. It may live on the CPU while ``x`` is on another device. ``start``:
+        a given start (projected onto ball ∩ box) instead of ``x``, e.g. TRADES' ``x + 0.001·N(0,
+        I)``; only without ``random_start`` (or as the first run with ``clean_first``).
         """
         if not x.is_floating_point():
             raise ValueError(f"PGD needs floating-point images in [0, 1], got dtype {x.dtype}")
@@ -188,25 +302,29 @@ class PGD:
         if self.eps == 0 or self.steps == 0:
             return x.detach().clone()
         if objective is None:
-            objective = _cross_entropy(model, y.to(x.device), self.targeted)
-        with module_mode(model, mode=self.model_mode):
-            return self.optimizer(objective, x, generator=generator).x
+            loss = _cross_entropy if self.loss == "ce" else _margin_objective
+            objective = loss(model, y.to(x.device), self.targeted)
+        keep = contextlib.nullcontext() if self.model_mode == "eval" else preserved_buffers(model)
+        with keep, module_mode(model, mode=self.model_mode):
+            return self.optimizer(objective, x, start=start, generator=generator).x
 
 
-def robust_accuracy(
+def correct_under(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    attack: PGD | None = None,
+    attack: Attack | None = None,
     *,
     generator: torch.Generator | None = None,
     progress: bool = True,
-) -> float:
-    """Fraction in [0, 1] of examples the model classifies correctly after ``attack``.
+) -> torch.Tensor:
+    """Per example, whether the model classifies it correctly after ``attack``: bool [N], CPU.
 
     ``batches`` yields ``(x [n, ...] in [0, 1], y [n] int64 true labels)``; they are moved to the
-    model's device. ``attack=None`` gives clean accuracy. The attack runs in its own
-    ``model_mode``; predictions are made in eval mode; the caller's modes are restored. The attack
-    must be untargeted: this measures robustness to any misclassification. ``progress`` shows a
+    model's device. ``attack=None`` gives clean correctness. Any :class:`Attack` works; an attack
+    with ``whole_set`` gets all examples in one call. The attack runs in its own mode;
+    predictions are made in eval mode; the caller's modes are restored. The attack must be
+    untargeted: this measures robustness to any misclassification. Combining the vectors of
+    several attacks with ``&`` gives the per-example worst case over them. ``progress`` shows a
     transient progress bar when stderr is a terminal.
     """
     if attack is not None and attack.targeted:
@@ -214,20 +332,50 @@ def robust_accuracy(
             "robust accuracy needs an untargeted attack; set the attack's targeted=false"
         )
     device = _model_device(model)
-    correct: torch.Tensor | int = 0
-    total = 0
-    description = "clean accuracy" if attack is None else f"PGD-{attack.steps} {attack.norm}"
+    if attack is not None and getattr(attack, "whole_set", False):
+        pairs = list(batches)
+        if pairs:
+            batches = [(torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))]
+    description = "clean accuracy" if attack is None else attack.describe()
+    correct = []
     for x, y in tqdm(batches, desc=description, disable=None if progress else True, leave=False):
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         inputs = x if attack is None else attack(model, x, y, generator=generator)
         with module_mode(model, mode="eval"), torch.no_grad():
             predictions = model(inputs).argmax(dim=1)
-        correct = correct + (predictions == y).sum()
-        total += y.numel()
-    if total == 0:
+        correct.append((predictions == y).cpu())
+    if not correct:
         raise ReprlabError("no examples to evaluate; check the evaluation split and sample size")
-    return float(correct) / total
+    return torch.cat(correct)
+
+
+def robust_accuracy(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    attack: Attack | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> float:
+    """Fraction in [0, 1] of examples the model classifies correctly after ``attack``.
+
+    The mean of :func:`correct_under` (same arguments and conventions); ``attack=None`` gives
+    clean accuracy.
+    """
+    return float(
+        correct_under(model, batches, attack, generator=generator, progress=progress).float().mean()
+    )
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The Carlini–Wagner margin ``max_{j≠y} z_j − z_y`` per example: [n] from logits [n, k].
+
+    Positive exactly when some other class outscores ``y`` (misclassified, ties aside).
+    """
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -torch.inf)
+    return others.amax(dim=1) - true
 
 
 def _cross_entropy(
@@ -243,6 +391,24 @@ def _cross_entropy(
         loss = F.cross_entropy(logits.float(), y, reduction="none")
         predictions = logits.detach().argmax(dim=1)
         return loss, (predictions == y) if targeted else (predictions != y)
+
+    return objective
+
+
+def _margin_objective(
+    model: nn.Module, y: torch.Tensor, targeted: bool
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The CW margin of ``model(x_adv)`` to ``y`` [n] float32, plus success [n] bool.
+
+    Untargeted, PGD maximises it; targeted (``y`` the targets), PGD minimises it, which raises the
+    target's logit above every other.
+    """
+
+    def objective(x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x_adv)
+        value = margin(logits.float(), y)
+        predictions = logits.detach().argmax(dim=1)
+        return value, (predictions == y) if targeted else (predictions != y)
 
     return objective
 

@@ -17,10 +17,13 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from reprlab.attacks import PGD_LOSSES
+from reprlab.autoattack import AA_COMPONENTS, AA_VERSIONS
 from reprlab.errors import ReprlabError
 from reprlab.fit import OPTIMIZERS, SCHEDULES
 from reprlab.optimize import NORMS
 from reprlab.runtime import MODES as MODEL_MODES
+from reprlab.train import TRAINING_METHODS
 
 GROUPS = ("dataset", "model", "attack", "analysis", "ref", "pair", "experiment")
 """Config groups a user picks options from; ``ref`` offers the same options as ``model``."""
@@ -86,15 +89,49 @@ def register_resolvers() -> None:
 # --- schemas -------------------------------------------------------------------------------
 
 
+ATTACK_KINDS = ("pgd", "autoattack")
+CHECKPOINTS = ("last", "best")
+BN_MODES = ("eval", "train")
+
+
 @dataclass
 class AdversarySpec:
-    """The PGD adversary of an adversarial training recipe (part of the model's identity)."""
+    """The adversary and robust loss of an adversarial training recipe (all of it is part of the
+    model's identity).
+
+    ``method``: ``pgd_at`` (Madry et al. 2018: cross-entropy on PGD examples), ``trades`` (Zhang
+    et al. 2019: CE + β·KL(clean ‖ adversarial), KL inner maximisation) or ``mart`` (Wang et al.
+    2020: boosted CE on adversarial examples + λ·(1 − p_y)·KL). ``beta``: TRADES' β / MART's λ
+    (unused by ``pgd_at``). ``bn_mode``: BatchNorm's mode while the adversary attacks (``eval``, as
+    the reference code of all three, or ``train``). ``keep_best``: the adversary returns each
+    example's strongest iterate instead of the last (Madry et al. use the last). The later
+    fields carry defaults so that recipes written before them keep their meaning.
+    """
 
     norm: str
     eps: float
     step_size: float
     steps: int
     random_start: bool
+    method: str = "pgd_at"
+    beta: float = 0.0
+    bn_mode: str = "eval"
+    keep_best: bool = False
+
+
+@dataclass
+class ValidationSpec:
+    """A held-out validation split carved from the training data (part of the identity: it
+    changes the training set). ``examples`` images drawn with ``seed`` never reach training; the
+    monitor attacks them after every epoch with the recipe's own threat (``attack_steps`` PGD
+    steps, in batches of ``batch_size``); with ``keep_best`` the weights of the epoch with the
+    highest robust validation accuracy are kept besides the last (Rice et al. 2020)."""
+
+    examples: int
+    seed: int
+    batch_size: int
+    attack_steps: int
+    keep_best: bool
 
 
 @dataclass
@@ -124,6 +161,8 @@ class ModelRecipe:
     train: TrainSpec
     adversary: AdversarySpec | None
     snapshot_epochs: list[int] = field(default_factory=list)
+    validation: ValidationSpec | None = None
+    checkpoint: str = "last"  # which weights analyses use: last | best (not part of the key)
     dataset: str | None = None  # its own training dataset (cross-task analyses); None: the run's
 
 
@@ -182,7 +221,12 @@ class RunSettings:
 
 @dataclass
 class AttackSpec:
-    """The attack an analysis uses (robust evaluation, adversarial inputs)."""
+    """A PGD attack an analysis uses (robust evaluation, adversarial inputs): ``kind: pgd``.
+
+    ``loss``: ``ce`` or ``cw`` (PGD-CW); ``clean_first``: the first run starts from the clean
+    input (never weaker than the no-start attack). Defaults for the later fields keep attack
+    configs written before them valid.
+    """
 
     norm: str
     eps: float
@@ -193,6 +237,31 @@ class AttackSpec:
     targeted: bool
     keep_best: bool
     model_mode: str
+    kind: str = "pgd"
+    loss: str = "ce"
+    clean_first: bool = False
+
+
+@dataclass
+class AutoAttackSpec:
+    """AutoAttack or its components (``kind: autoattack``), run by the authors' code.
+
+    ``version``: standard | plus | rand | custom (``attacks`` lists the components of a custom
+    run); ``seed`` null: the run's seed; ``target_classes`` null: min(9, classes − 1).
+    """
+
+    kind: str
+    norm: str
+    eps: float
+    version: str
+    attacks: list[str] | None
+    seed: int | None
+    batch_size: int
+    target_classes: int | None
+    apgd_iterations: int | None
+    apgd_restarts: int | None
+    model_mode: str
+    targeted: bool = False
 
 
 def typed(node: Any, schema: type, where: str) -> Any:
@@ -264,6 +333,22 @@ def recipe(node: Any, where: str = "model") -> ModelRecipe:
         check_non_negative(f"{where}.adversary.eps", a.eps)
         check_positive(f"{where}.adversary.step_size", a.step_size)
         check_positive(f"{where}.adversary.steps", a.steps)
+        check_choice(f"{where}.adversary.method", a.method, TRAINING_METHODS[1:])
+        check_non_negative(f"{where}.adversary.beta", a.beta)
+        check_choice(f"{where}.adversary.bn_mode", a.bn_mode, BN_MODES)
+    if spec.validation is not None:
+        v = spec.validation
+        check_positive(f"{where}.validation.examples", v.examples)
+        check_non_negative(f"{where}.validation.seed", v.seed)
+        check_positive(f"{where}.validation.batch_size", v.batch_size)
+        check_positive(f"{where}.validation.attack_steps", v.attack_steps)
+    check_choice(f"{where}.checkpoint", spec.checkpoint, CHECKPOINTS)
+    if spec.checkpoint == "best" and (spec.validation is None or not spec.validation.keep_best):
+        raise ReprlabError(
+            f"{where}.checkpoint=best needs a recipe that keeps its best-robust-validation "
+            f"weights, and {spec.name} does not; set {where}.validation.keep_best=true (with "
+            f"{where}.validation.examples=N) or use {where}.checkpoint=last"
+        )
     return spec
 
 
@@ -310,9 +395,17 @@ def recipe_named(
     return recipe(node, where)
 
 
-def attack_spec(node: Any, where: str = "attack") -> AttackSpec:
-    """The validated :class:`AttackSpec` of an ``attack`` config node."""
+def attack_spec(node: Any, where: str = "attack") -> AttackSpec | AutoAttackSpec:
+    """The validated spec of an ``attack`` config node: :class:`AttackSpec` (``kind: pgd``, the
+    default) or :class:`AutoAttackSpec` (``kind: autoattack``)."""
+    if node is None:
+        raise ReprlabError(f"{where} is missing; pick an option for it on the command line")
+    kind = node.get("kind", "pgd") if hasattr(node, "get") else "pgd"
+    check_choice(f"{where}.kind", kind, ATTACK_KINDS)
+    if kind == "autoattack":
+        return _autoattack_spec(node, where)
     spec: AttackSpec = typed(node, AttackSpec, where)
+    check_choice(f"{where}.loss", spec.loss, PGD_LOSSES)
     check_choice(f"{where}.norm", spec.norm, NORMS)
     check_non_negative(f"{where}.eps", spec.eps)
     if spec.step_size is not None:
@@ -323,6 +416,37 @@ def attack_spec(node: Any, where: str = "attack") -> AttackSpec:
         raise ReprlabError(
             f"{where}.restarts={spec.restarts} needs {where}.random_start=true "
             "(restarts from the same start repeat one run)"
+        )
+    check_choice(f"{where}.model_mode", spec.model_mode, MODEL_MODES)
+    return spec
+
+
+def _autoattack_spec(node: Any, where: str) -> AutoAttackSpec:
+    spec: AutoAttackSpec = typed(node, AutoAttackSpec, where)
+    check_choice(f"{where}.norm", spec.norm, NORMS)
+    check_non_negative(f"{where}.eps", spec.eps)
+    check_choice(f"{where}.version", spec.version, AA_VERSIONS)
+    if spec.version == "custom":
+        if not spec.attacks:
+            raise ReprlabError(
+                f"{where}.version=custom needs {where}.attacks=[...], e.g. [apgd-ce]"
+            )
+        for name in spec.attacks:
+            check_choice(f"{where}.attacks", name, AA_COMPONENTS)
+    elif spec.attacks:
+        raise ReprlabError(
+            f"{where}.attacks is set but version={spec.version} fixes the attacks; "
+            f"use {where}.version=custom to choose them"
+        )
+    check_positive(f"{where}.batch_size", spec.batch_size)
+    for name in ("target_classes", "apgd_iterations", "apgd_restarts"):
+        value = getattr(spec, name)
+        if value is not None:
+            check_positive(f"{where}.{name}", value)
+    if spec.targeted:
+        raise ReprlabError(
+            f"{where}.targeted=true is not offered for AutoAttack (it is untargeted; its "
+            "APGD-T and FAB-T stages target classes themselves)"
         )
     check_choice(f"{where}.model_mode", spec.model_mode, MODEL_MODES)
     return spec
@@ -430,6 +554,7 @@ def check_recipe_for(spec: ModelRecipe, where: str, dataset: DatasetSpec) -> Non
         available = min(available or dataset.train_limit, dataset.train_limit)
     check_choice(f"{where}.arch", spec.arch, tuple(available_archs()))
     check_recipe_dataset(spec, dataset, where)
+    check_validation_fits(spec, recipe_dataset(spec, dataset), where)
     if spec.adversary is not None:
         check_radius(f"{where}.adversary.eps", spec.adversary.eps, spec.adversary.norm, info)
     if available is not None and spec.train.batch_size > available:
@@ -464,7 +589,7 @@ def validate(cfg: DictConfig) -> None:
         check_recipe_for(recipe(cfg[where], where), where, dataset)
     attack = attack_spec(cfg.get("attack"))
     check_radius("attack.eps", attack.eps, attack.norm, info)
-    if attack.targeted:
+    if isinstance(attack, AttackSpec) and attack.targeted:
         raise ReprlabError(
             "attack.targeted=true is invalid: reprlab's analyses measure and craft untargeted "
             "attacks (there are no target labels to aim at); use attack.targeted=false"
@@ -479,6 +604,30 @@ def validate(cfg: DictConfig) -> None:
         raise ReprlabError(f"analysis.name: {str(err).splitlines()[0]}") from None
     if not isinstance(name, str):
         raise ReprlabError(f"analysis.name={_show(name)} is invalid: name an analysis")
+
+
+def check_validation_fits(spec: ModelRecipe, dataset: DatasetSpec, where: str = "model") -> None:
+    """Raise ReprlabError unless ``spec``'s validation split leaves at least one training batch
+    of ``dataset`` (after ``train_limit``), and the dataset is one it can be carved from."""
+    if spec.validation is None:
+        return
+    from reprlab.data import dataset_info, train_size
+
+    size = train_size(dataset.name)
+    if size is None or not dataset_info(dataset.name).in_memory:
+        raise ReprlabError(
+            f"{where}.validation: a validation split of {dataset.name} (streamed from disk) is "
+            f"not supported; set {where}.validation=null"
+        )
+    if dataset.train_limit is not None:
+        size = min(size, dataset.train_limit)
+    examples = spec.validation.examples
+    if examples + spec.train.batch_size > size:
+        raise ReprlabError(
+            f"{where}.validation.examples={examples} leaves fewer than one batch "
+            f"({spec.train.batch_size}) of the {size} training images of {dataset.name}; "
+            f"lower {where}.validation.examples (or raise dataset.train_limit)"
+        )
 
 
 def check_trainer(trainer: TrainerSpec, device: Any, cfg: DictConfig) -> None:

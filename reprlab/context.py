@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from reprlab.attacks import PGD
+from reprlab.attacks import Attack
 from reprlab.config import (
     DatasetSpec,
     ModelRecipe,
@@ -41,12 +41,16 @@ log = logging.getLogger("reprlab")
 
 @dataclass
 class LoadedModel:
-    """A model taken from the store, on the run's device, in eval mode; ``dataset`` is the one
-    it was trained on (the run's, unless its recipe names its own)."""
+    """A model taken from the store, on the run's device, in eval mode: the last epoch's
+    weights, or with ``model.checkpoint=best`` those of ``epoch``, the best robust validation
+    accuracy (Rice et al. 2020); ``dataset`` is the one it was trained on (the run's, unless its
+    recipe names its own)."""
 
     model: Classifier
     recipe: ModelRecipe
     entry: StoredArtifact
+    checkpoint: str = "last"
+    epoch: int | None = None
     dataset: DatasetSpec | None = None
 
     @property
@@ -195,9 +199,34 @@ class RunContext:
         }
         if source == "imported":
             record["checkpoint_sha256"] = entry.meta.get("checkpoint_sha256")
+        epoch = None
+        if spec.checkpoint == "best":
+            best = entry.meta.get("best")
+            if not isinstance(best, dict) or "epoch" not in best:
+                raise ReprlabError(
+                    f"store entry {key} ({spec.name}) kept no best-robust weights; use "
+                    f"{role}.checkpoint=last"
+                )
+            epoch = int(best["epoch"])
+            state = entry.load_snapshot(epoch)
+            record.update(
+                checkpoint="best",
+                epoch=epoch,
+                weights_sha256=entry.files[f"snapshots/epoch_{epoch:03d}.pt"]["sha256"],
+            )
+        else:
+            state = entry.load()
+            record["checkpoint"] = "last"
         self.run.update(models={role: record})
-        model = self.load(spec, entry.load(), origin=f"store entry {key}")
-        return LoadedModel(model=model, recipe=spec, entry=entry, dataset=dataset)
+        model = self.load(spec, state, origin=f"store entry {key}")
+        return LoadedModel(
+            model=model,
+            recipe=spec,
+            entry=entry,
+            checkpoint=spec.checkpoint,
+            epoch=epoch,
+            dataset=dataset,
+        )
 
     def load(self, spec: ModelRecipe, state: dict[str, torch.Tensor], origin: str) -> Classifier:
         """Build ``spec``'s architecture and load the weights ``state`` (eval mode, on the run's
@@ -350,9 +379,17 @@ class RunContext:
             num_workers=self.num_workers,
         )
 
-    def attack(self) -> PGD:
-        """The run's attack (config group ``attack``)."""
-        return make_attack(attack_spec(self.cfg.attack))
+    def attack(self) -> Attack:
+        """The run's attack (config group ``attack``: PGD, PGD-CW, APGD or AutoAttack); its
+        settings (seed and version included) are recorded in run.json under ``attack``."""
+        attack = make_attack(
+            attack_spec(self.cfg.attack),
+            seed=self.seed,
+            progress=self.progress,
+            num_classes=self.info.num_classes,
+        )
+        self.run.update(attack=attack.settings())
+        return attack
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A generator on the run's device seeded with the run's seed (+ ``offset``)."""

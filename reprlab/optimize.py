@@ -118,6 +118,11 @@ class InputOptimizer:
     restarts:
         Independent runs, each from a fresh random start (needs ``random_start``); per example the
         best result is kept (see "Ranking"). Needs a per-example objective and no ``trace``.
+    clean_first:
+        With ``random_start``: the *first* run starts from the centre (or ``start``) instead of a
+        random point, the later restarts from random starts. With keep-best ranking the result
+        is then never weaker than the no-start run (its iterates are among the candidates), nor
+        than the random-start runs. Without ``random_start`` it changes nothing.
     keep_best:
         Return, per example, the best of all iterates (start and final iterate included) instead
         of the last one. Needs a per-example objective. Costs one extra forward per restart.
@@ -174,6 +179,7 @@ class InputOptimizer:
     maximize: bool = True
     random_start: bool = False
     restarts: int = 1
+    clean_first: bool = False
     keep_best: bool = False
     batch_objective: bool = False
     transform: Transform | None = None
@@ -244,8 +250,11 @@ class InputOptimizer:
         if not centre.is_floating_point():
             raise ValueError(f"the optimiser needs floating-point inputs, got dtype {centre.dtype}")
         if start is not None:
-            if self.random_start:
-                raise OptimizeConfigError("pass start= seed images or set random_start, not both")
+            if self.random_start and not self.clean_first:
+                raise OptimizeConfigError(
+                    "pass start= seed images or set random_start, not both (clean_first=true "
+                    "starts the first run from them)"
+                )
             if start.shape != centre.shape:
                 raise ValueError(
                     f"start has shape {tuple(start.shape)}, the centre {tuple(centre.shape)}"
@@ -264,8 +273,8 @@ class InputOptimizer:
         value = success = None
 
         with torch.enable_grad():
-            for _ in range(self.restarts):
-                if self.random_start:
+            for run in range(self.restarts):
+                if self.random_start and not (self.clean_first and run == 0):
                     delta = sample_start(clean, self.norm, self.eps, generator)
                     x = (clean + delta).clamp(0.0, 1.0)
                 else:

@@ -57,6 +57,40 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str) -> Figu
     return figure
 
 
+def robust_training_curves(
+    history: Sequence[Mapping[str, Any]], *, best_epoch: int | None, title: str
+) -> Figure:
+    """Loss, and clean and robust accuracy on the training batches and the held-out split per
+    epoch (robust overfitting, Rice et al. 2020), with the best-robust epoch marked."""
+    epochs = [r["epoch"] for r in history]
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    loss_ax.plot(epochs, [r["train_loss"] for r in history], marker="o")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss")
+    loss_ax.grid(alpha=0.3)
+    first = history[0] if history else {}
+    held_out = [k for k in first if k.startswith(("val_", "eval_"))]
+    curves = [
+        ("train_acc", "train clean", "C0", "-"),
+        ("train_robust_acc", "train robust (training adversary)", "C0", "--"),
+        *[(k, k.replace("_acc", "").replace("_", " "), "C1", "--" if "clean" not in k else "-")
+          for k in held_out],
+    ]  # fmt: skip
+    for key, label, color, style in curves:
+        if key in first:
+            values = [100 * r[key] for r in history]
+            acc_ax.plot(epochs, values, marker="o", color=color, linestyle=style, label=label)
+    if best_epoch is not None:
+        acc_ax.axvline(best_epoch, color="C3", alpha=0.6, label=f"best robust epoch {best_epoch}")
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.set_ylim(0, 100)
+    acc_ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
 def cka_scale(*matrices: np.ndarray) -> tuple[float, str]:
     """(lowest value of the colour scale, colour-bar label) for CKA heatmaps.
 

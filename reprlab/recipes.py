@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from reprlab.attacks import PGD
-from reprlab.config import AdversarySpec, AttackSpec, DatasetSpec, ModelRecipe
+from reprlab.attacks import PGD, Attack
+from reprlab.autoattack import AutoAttack
+from reprlab.config import AdversarySpec, AttackSpec, AutoAttackSpec, DatasetSpec, ModelRecipe
 from reprlab.data import DatasetInfo, dataset_info
 from reprlab.models import Classifier, architecture_version, build_model
 from reprlab.train import TrainSettings
@@ -40,13 +41,22 @@ def model_identity(spec: ModelRecipe, dataset: DatasetSpec) -> dict[str, Any]:
         "dataset": {"name": dataset.name, "train_limit": dataset.train_limit},
         "train": asdict(spec.train),
         "adversary": asdict(spec.adversary) if spec.adversary is not None else None,
+        "validation": asdict(spec.validation) if spec.validation is not None else None,
     }
 
 
 def describe_adversary(spec: ModelRecipe) -> str:
-    """Short text for a recipe's training adversary, e.g. ``linf 0.0314 x10`` or ``standard``."""
+    """Short text for a recipe's training method and adversary, e.g. ``linf 0.0314 x10`` (PGD-AT),
+    ``TRADES β=6 linf 0.3 x40`` or ``standard``."""
     a = spec.adversary
-    return "standard" if a is None else f"{a.norm} {a.eps:.4g} x{a.steps}"
+    if a is None:
+        return "standard"
+    threat = f"{a.norm} {a.eps:.4g} x{a.steps}"
+    if a.method == "trades":
+        return f"TRADES β={a.beta:g} {threat}"
+    if a.method == "mart":
+        return f"MART λ={a.beta:g} {threat}"
+    return threat
 
 
 def build_for(spec: ModelRecipe, info: DatasetInfo) -> Classifier:
@@ -66,8 +76,34 @@ def build_for(spec: ModelRecipe, info: DatasetInfo) -> Classifier:
         )
 
 
-def make_attack(spec: AttackSpec) -> PGD:
-    """The attack an analysis uses; a missing step size is 2.5·ε/steps (Madry et al.)."""
+def make_attack(
+    spec: AttackSpec | AutoAttackSpec,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    num_classes: int | None = None,
+) -> Attack:
+    """The attack an analysis uses: :class:`~reprlab.attacks.PGD` (a missing step size is
+    2.5·ε/steps, Madry et al.) or :class:`~reprlab.autoattack.AutoAttack` (its ``seed`` null:
+    ``seed``, the run's; its target classes null: min(9, ``num_classes`` − 1) when given). Both
+    follow the :class:`~reprlab.attacks.Attack` protocol."""
+    if isinstance(spec, AutoAttackSpec):
+        targets = spec.target_classes
+        if targets is None and num_classes is not None:
+            targets = min(9, num_classes - 1)
+        return AutoAttack(
+            norm=spec.norm,
+            eps=spec.eps,
+            version=spec.version,
+            attacks=tuple(spec.attacks) if spec.attacks else None,
+            seed=seed if spec.seed is None else spec.seed,
+            batch_size=spec.batch_size,
+            target_classes=targets,
+            apgd_iterations=spec.apgd_iterations,
+            apgd_restarts=spec.apgd_restarts,
+            model_mode=spec.model_mode,
+            progress=progress,
+        )
     step_size = spec.step_size
     if step_size is None:
         step_size = 2.5 * spec.eps / spec.steps if spec.eps > 0 and spec.steps > 0 else 1.0
@@ -81,6 +117,8 @@ def make_attack(spec: AttackSpec) -> PGD:
         targeted=spec.targeted,
         keep_best=spec.keep_best,
         model_mode=spec.model_mode,
+        clean_first=spec.clean_first,
+        loss=spec.loss,
     )
 
 
@@ -109,15 +147,17 @@ def monitor_attack(spec: ModelRecipe, dataset: DatasetSpec, steps: int) -> PGD:
 
 
 def make_adversary(spec: AdversarySpec) -> PGD:
-    """A recipe's training adversary: as Madry et al. train, the last iterate, in eval mode."""
+    """A recipe's training adversary (the inner maximiser of PGD-AT, TRADES or MART): its
+    iterate (``keep_best``: the strongest, else the last, as Madry et al.) and BatchNorm mode
+    (``bn_mode``) are recipe fields."""
     return PGD(
         norm=spec.norm,
         eps=spec.eps,
         step_size=spec.step_size,
         steps=spec.steps,
         random_start=spec.random_start,
-        keep_best=False,
-        model_mode="eval",
+        keep_best=spec.keep_best,
+        model_mode=spec.bn_mode,
     )
 
 
@@ -135,5 +175,7 @@ def train_settings(spec: ModelRecipe) -> TrainSettings:
         milestones=tuple(train.milestones),
         gamma=train.gamma,
         adversary=make_adversary(spec.adversary) if spec.adversary is not None else None,
+        method=spec.adversary.method if spec.adversary is not None else "standard",
+        beta=spec.adversary.beta if spec.adversary is not None else 0.0,
         seed=spec.seed,
     )

@@ -1,8 +1,10 @@
 """The training job: train one model recipe into its store entry, resuming where it stopped.
 
-Called by the run context when the store misses a model. It builds the loaders, the settings
-and the held-out monitor, and hands checkpoints, snapshots and metrics to the entry's files; the
-loop itself is :func:`reprlab.train.train_classifier`.
+Called by the run context when the store misses a model. It builds the loaders (carving the
+recipe's validation split out of the training data when it has one), the settings and the
+held-out monitor, keeps the best-robust-validation weights when the recipe asks (Rice et al.
+2020), and hands checkpoints, snapshots and metrics to the entry's files; the loop itself is
+:func:`reprlab.train.train_classifier`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import torch
 
 from reprlab import distributed
 from reprlab.attacks import PGD, robust_accuracy
-from reprlab.config import DatasetSpec, ModelRecipe
-from reprlab.data import DatasetInfo, make_loader
+from reprlab.config import DatasetSpec, ModelRecipe, ValidationSpec
+from reprlab.data import DatasetInfo, TensorLoader, load_tensors, make_loader
 from reprlab.errors import ReprlabError
-from reprlab.recipes import build_for, describe_adversary, train_settings
+from reprlab.recipes import build_for, describe_adversary, monitor_attack, train_settings
 from reprlab.runtime import SpeedSwitches, seeded_generator
 from reprlab.store import TrainingFiles
 from reprlab.train import train_classifier
@@ -54,34 +56,102 @@ class Trainer:
 
 @dataclass(frozen=True)
 class Monitor:
-    """Held-out metrics after every epoch (they never change the weights): clean and PGD
-    accuracy on a fixed sample of ``examples`` test images drawn with ``seed``. The attack is
-    the recipe's own (:func:`reprlab.recipes.monitor_attack`)."""
+    """Held-out metrics after every epoch: clean and PGD accuracy on a fixed sample of
+    ``examples`` test images drawn with ``seed``. The attack is the recipe's own
+    (:func:`reprlab.recipes.monitor_attack`). A recipe with a validation split monitors on it
+    instead, with its own settings (:func:`validation_monitor`), and only then can the numbers
+    choose weights (the best-robust checkpoint)."""
 
     examples: int
     batch_size: int
     attack: PGD
     seed: int
+    split: str = "test"
 
     def settings(self) -> dict[str, Any]:
         """What the monitor's numbers mean, as recorded in the store entry's meta.json."""
-        a = self.attack
+        attack = {k: v for k, v in self.attack.settings().items() if k != "attack"}
         return {
-            "split": "test",
+            "split": self.split,
             "examples": self.examples,
             "batch_size": self.batch_size,
             "seed": self.seed,
-            "attack": {
-                "norm": a.norm,
-                "eps": a.eps,
-                "step_size": a.step_size,
-                "steps": a.steps,
-                "random_start": a.random_start,
-                "restarts": a.restarts,
-                "keep_best": a.keep_best,
-                "model_mode": a.model_mode,
-            },
+            "attack": attack,
         }
+
+    @property
+    def names(self) -> tuple[str, str]:
+        """The history's keys of (clean, robust) accuracy."""
+        if self.split == "validation":
+            return "val_clean_acc", "val_robust_acc"
+        return "eval_clean_acc", f"eval_pgd{self.attack.steps}_acc"
+
+
+def validation_monitor(spec: ModelRecipe, dataset: DatasetSpec) -> Monitor:
+    """The monitor of a recipe with a validation split: every setting from the recipe (so from
+    its key), the attack its own threat (:func:`reprlab.recipes.monitor_attack`)."""
+    v = spec.validation
+    assert v is not None
+    return Monitor(
+        examples=v.examples,
+        batch_size=v.batch_size,
+        attack=monitor_attack(spec, dataset, v.attack_steps),
+        seed=v.seed,
+        split="validation",
+    )
+
+
+def split_indices(n: int, validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) indices of ``range(n)``: disjoint, together all of it, ascending.
+
+    The validation indices are the first ``validation`` of a permutation drawn with ``seed``
+    (so the split is a fixed function of (n, validation, seed) and never touches the global
+    RNG). Raises ReprlabError unless 0 < validation < n.
+    """
+    if not 0 < validation < n:
+        raise ReprlabError(
+            f"a validation split of {validation} images needs a training set larger than that, "
+            f"and this one has {n}; lower model.validation.examples"
+        )
+    order = torch.randperm(n, generator=seeded_generator(seed))
+    return order[validation:].sort().values, order[:validation].sort().values
+
+
+def _split_loaders(
+    spec: ModelRecipe,
+    validation: ValidationSpec,
+    dataset: DatasetSpec,
+    info: DatasetInfo,
+    device: torch.device,
+) -> tuple[TensorLoader, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The training loader without the validation images, and the validation batches."""
+    if not info.in_memory:
+        raise ReprlabError(
+            f"a validation split of {dataset.name} (streamed from disk) is not supported yet; "
+            "set model.validation=null"
+        )
+    images, labels = load_tensors(
+        dataset.name, dataset.root, "train", limit=dataset.train_limit, seed=spec.seed
+    )
+    train, held_out = split_indices(len(labels), validation.examples, validation.seed)
+    loader = TensorLoader(
+        images[train],
+        labels[train],
+        batch_size=spec.train.batch_size,
+        shuffle=True,
+        augment=info.augment if spec.train.augment else "none",
+        seed=spec.seed,
+        device=device,
+        drop_last=True,
+    )
+    batches = TensorLoader(
+        images[held_out],
+        labels[held_out],
+        batch_size=validation.batch_size,
+        shuffle=False,
+        device=device,
+    )
+    return loader, list(batches.epoch(0))
 
 
 def train_recipe(
@@ -121,59 +191,72 @@ def train_recipe(
         spec.train.epochs,
     )
     model = build_for(spec, info)
-    loader = make_loader(
-        dataset.name,
-        dataset.root,
-        "train",
-        batch_size=spec.train.batch_size,
-        train=True,
-        augment=spec.train.augment,
-        seed=spec.seed,
-        device=device,
-        limit=dataset.train_limit,
-        num_workers=num_workers,
-    )
+    validation = spec.validation
+    if validation is not None:
+        loader, monitor_batches = _split_loaders(spec, validation, dataset, info, device)
+        monitor = validation_monitor(spec, dataset)
+    else:
+        loader = make_loader(
+            dataset.name,
+            dataset.root,
+            "train",
+            batch_size=spec.train.batch_size,
+            train=True,
+            augment=spec.train.augment,
+            seed=spec.seed,
+            device=device,
+            limit=dataset.train_limit,
+            num_workers=num_workers,
+        )
+        monitor_batches = list(
+            make_loader(
+                dataset.name,
+                dataset.root,
+                "test",
+                batch_size=monitor.batch_size,
+                train=False,
+                seed=monitor.seed,
+                device=device,
+                limit=monitor.examples,
+                num_workers=num_workers,
+            ).epoch(0)
+        )
     if len(loader) == 0:
         raise ReprlabError(
             f"fewer training images than model.train.batch_size={spec.train.batch_size}; "
             "lower the batch size or raise dataset.train_limit"
         )
-    monitor_batches = list(
-        make_loader(
-            dataset.name,
-            dataset.root,
-            "test",
-            batch_size=monitor.batch_size,
-            train=False,
-            seed=monitor.seed,
-            device=device,
-            limit=monitor.examples,
-            num_workers=num_workers,
-        ).epoch(0)
-    )
+    clean_name, robust_name = monitor.names
 
     def evaluate(net: torch.nn.Module, epoch: int) -> dict[str, float]:
         generator = seeded_generator(monitor.seed, device)
         return {
-            "eval_clean_acc": robust_accuracy(net, monitor_batches, None, progress=False),
-            f"eval_pgd{monitor.attack.steps}_acc": robust_accuracy(
+            clean_name: robust_accuracy(net, monitor_batches, None, progress=False),
+            robust_name: robust_accuracy(
                 net, monitor_batches, monitor.attack, generator=generator, progress=False
             ),
         }
 
     snapshots = set(spec.snapshot_epochs)
+    keep_best = validation is not None and validation.keep_best
+    best: dict[str, Any] | None = None
 
     def on_epoch_end(state: dict[str, Any], record: dict[str, Any]) -> None:
+        nonlocal best
+        if keep_best and (best is None or record[robust_name] > best["accuracy"]):
+            weights = {k: v.detach().clone() for k, v in state["model"].items()}
+            best = {"epoch": record["epoch"], "accuracy": record[robust_name], "model": weights}
         # The checkpoint last: it vouches for the snapshot and metrics written before it, and a
-        # run killed before it redoes this epoch (rewriting both).
+        # run killed before it redoes this epoch (rewriting both). It carries the best weights.
         if record["epoch"] in snapshots:
             files.save_snapshot(record["epoch"], state["model"])
         files.write_metrics(state["history"])
-        files.save_checkpoint(state)
+        files.save_checkpoint({**state, "best": best} if keep_best else state)
 
     resume = distributed.broadcast(files.load_checkpoint())  # rank 0 reads, all resume
     if resume is not None:
         log.info("model %s: resuming after epoch %d", spec.name, resume["epoch"])
+        best = resume.pop("best", None)
     history = train_classifier(
         model,
         loader,
@@ -190,16 +273,36 @@ def train_recipe(
         on_epoch_end=on_epoch_end,
         progress=progress,
     )
-    return model.state_dict(), _summary(history, monitor, trainer)
+    if keep_best and best is not None:
+        # The best epoch's weights are kept as its snapshot (cka_epochs compares it with the
+        # last); meta.json names the epoch, so `model.checkpoint=best` finds them.
+        files.save_snapshot(best["epoch"], best["model"])
+        log.info(
+            "model %s: best robust validation accuracy %.4f at epoch %d",
+            spec.name,
+            best["accuracy"],
+            best["epoch"],
+        )
+    return model.state_dict(), _summary(history, monitor, trainer, best)
 
 
-def _summary(history: list[dict[str, Any]], monitor: Monitor, trainer: Trainer) -> dict[str, Any]:
-    return {
+def _summary(
+    history: list[dict[str, Any]],
+    monitor: Monitor,
+    trainer: Trainer,
+    best: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The store entry's training summary; ``best`` (epoch, accuracy) of a recipe keeping its
+    best-robust-validation weights."""
+    summary: dict[str, Any] = {
         "final": history[-1] if history else {},
         "epochs_trained": len(history),
         "monitor": monitor.settings(),
         "trainer": trainer.record(),
     }
+    if best is not None:
+        summary["best"] = {"epoch": best["epoch"], monitor.names[1]: best["accuracy"]}
+    return summary
 
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child before exec)
@@ -287,4 +390,6 @@ def train_in_processes(
             f"distributed training of {spec.name} ended without the checkpoint of epoch "
             f"{spec.train.epochs}"
         )
-    return state["model"], _summary(list(state["history"]), monitor, trainer)
+    if spec.validation is not None:  # the workers monitored the validation split
+        monitor = validation_monitor(spec, dataset)
+    return state["model"], _summary(list(state["history"]), monitor, trainer, state.get("best"))

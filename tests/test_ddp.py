@@ -175,3 +175,66 @@ def test_ddp_epoch_equals_one_process_and_killed_ddp_resumes(workdir: Path) -> N
         assert _max_difference(expected / name, entry / name) <= 1e-5, name
     history = [json.loads(line) for line in (entry / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+
+
+def _fixed_start_pgd(**kwargs: object) -> object:
+    """A PGD that starts from a fixed per-example point (x + ε/2·sign(sin(1000·x))) instead of a
+    random one: a function of the example alone, so a rank's shard starts where one process
+    would, and TRADES' KL has a non-zero gradient there (at x itself it is exactly zero, and the
+    sign of float noise would decide the steps)."""
+    from reprlab.attacks import PGD
+
+    class FixedStart(PGD):
+        def __call__(self, model, x, y=None, *, start=None, **rest):
+            if start is None:
+                start = (x + 0.5 * self.eps * torch.sign(torch.sin(1000 * x))).clamp(0, 1)
+            return super().__call__(model, x, y, start=start, **rest)
+
+    return FixedStart(**kwargs)
+
+
+def _robust_fit(rank: int, world: int, init: str, out: str, method: str) -> None:
+    """One rank of a 2-process TRADES/MART training of a BatchNorm-free MLP: the adversary runs
+    on each rank's replica, the loss's forward passes through DDP (spawned by the test below)."""
+    from reprlab.train import TrainSettings, train_classifier
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 3))
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(64, 3, 4, 4, generator=generator)
+    labels = torch.randint(0, 3, (64,), generator=generator)
+    loader = TensorLoader(images, labels, batch_size=16, shuffle=True, seed=3, drop_last=True)
+    # No random start: the inner maximisation is then a function of the weights and the example
+    # alone, so the ranks' shards see exactly the adversarial examples one process would.
+    adversary = _fixed_start_pgd(
+        eps=0.1, step_size=0.04, steps=3, random_start=False, keep_best=False
+    )
+    settings = TrainSettings(
+        epochs=2, lr=0.5, schedule="cosine", adversary=adversary, method=method, beta=5.0
+    )
+    history = train_classifier(model, loader, settings, device=torch.device("cpu"), progress=False)
+    if rank == 0:
+        torch.save({"weights": model.state_dict(), "history": history}, out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["trades", "mart"])
+def test_robust_methods_in_two_gloo_ranks_equal_one_process(tmp_path: Path, method: str) -> None:
+    """TRADES and MART under DDP (attack on the unwrapped replica, training forward through the
+    DDP wrapper): the same weights as one process on the global batch (within 1e-5), and the
+    epoch records (loss, clean and robust training accuracy) describe the global epoch."""
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    _robust_fit(0, 1, "", str(one), method)
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_robust_fit, args=(2, init, str(two), method), nprocs=2, join=True)
+    a, b = torch.load(one), torch.load(two)
+    for key, value in a["weights"].items():
+        assert torch.allclose(value, b["weights"][key], atol=1e-5, rtol=0), key
+    assert not torch.equal(a["weights"]["1.weight"], _initial_first_layer())  # it trained
+    for ra, rb in zip(a["history"], b["history"], strict=True):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-5)
+        assert rb["train_acc"] == pytest.approx(ra["train_acc"], abs=1e-9)
+        assert rb["train_robust_acc"] == pytest.approx(ra["train_robust_acc"], abs=1e-9)

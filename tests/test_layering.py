@@ -36,6 +36,7 @@ LAYERS = {
     },
     "computation": {
         "reprlab.attacks",
+        "reprlab.autoattack",
         "reprlab.optimize",
         "reprlab.fit",
         "reprlab.train",

@@ -1,7 +1,9 @@
 """``analysis=cka_epochs``: CKA of ``model`` across training, from its kept epoch snapshots.
 
 A within-model heatmap per epoch, and per layer the CKA of each epoch's representation with the
-final one (Cianfarani et al. 2022: robust overfitting mostly changes the deeper layers). Only the
+final one (Cianfarani et al. 2022: robust overfitting mostly changes the deeper layers).
+``analysis.epochs=[best]`` compares the best-robust-validation epoch (kept by recipes with
+``validation.keep_best``) with the last. Only the
 blocks drawn are computed (each epoch with itself and with the final epoch), so time and memory
 grow linearly with the number of epochs.
 """
@@ -25,16 +27,21 @@ from reprlab.layerwise import Member
 
 @dataclass
 class Settings(CKASettings):
-    """CKA settings plus ``epochs``: snapshot epochs to compare with the final one (None: all)."""
+    """CKA settings plus ``epochs``: snapshot epochs to compare with the final one (None: all
+    kept; ``best``: the best-robust-validation epoch)."""
 
-    epochs: list[int] | None = None
+    epochs: list[Any] | None = None
+
+
+BEST = "best"
 
 
 def settings(cfg: DictConfig) -> Settings:
     s: Settings = common.settings(cfg, Settings)
     spec = recipe(cfg.model)
     final = spec.train.epochs
-    if not any(e != final for e in spec.snapshot_epochs):
+    wants_best = s.epochs is not None and BEST in s.epochs
+    if not wants_best and not any(e != final for e in spec.snapshot_epochs):
         raise ReprlabError(
             f"cka_epochs compares kept snapshots with the final epoch, but model.snapshot_epochs="
             f"{spec.snapshot_epochs} keeps none before epoch {final}; keep one, "
@@ -42,8 +49,16 @@ def settings(cfg: DictConfig) -> Settings:
         )
     if s.epochs is None:
         return s
+    if BEST in s.epochs and (spec.validation is None or not spec.validation.keep_best):
+        raise ReprlabError(
+            "analysis.epochs has 'best', but the model recipe keeps no best-robust epoch; "
+            "set model.validation.keep_best=true (with a validation split)"
+        )
+    bad = [e for e in s.epochs if e != BEST and (isinstance(e, bool) or not isinstance(e, int))]
+    if bad:
+        raise ReprlabError(f"analysis.epochs has {bad}; give epoch numbers or 'best'")
     kept = set(spec.snapshot_epochs) | {final}
-    unknown = sorted(e for e in s.epochs if e not in kept)
+    unknown = sorted(e for e in s.epochs if e != BEST and e not in kept)
     if unknown:
         raise ReprlabError(
             f"analysis.epochs has {unknown}, which model.snapshot_epochs does not keep "
@@ -62,7 +77,15 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     loaded = ctx.model("model")
     final = loaded.recipe.train.epochs
     kept = [e for e in loaded.entry.snapshot_epochs() if e != final]
-    wanted = kept if s.epochs is None else sorted(set(s.epochs))
+    best = loaded.entry.meta.get("best")
+    best_epoch = int(best["epoch"]) if isinstance(best, dict) else None
+    if s.epochs is not None and BEST in s.epochs and best_epoch == final:
+        raise ReprlabError(
+            f"{loaded.label}'s best robust validation epoch is its last ({final}); there is no "
+            "earlier best epoch to compare"
+        )
+    chosen = None if s.epochs is None else {best_epoch if e == BEST else e for e in s.epochs}
+    wanted = kept if chosen is None else sorted(chosen)
     wanted = [e for e in wanted if e != final]
     missing = [e for e in wanted if e not in kept]
     if missing or not wanted:
@@ -71,7 +94,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             f"(kept: {kept or 'none'}); choose from those, or retrain with "
             f"model.snapshot_epochs=[...] after `reprlab cache rm {loaded.key}`"
         )
-    labels = [f"epoch {e}" for e in wanted] + [f"epoch {final} (final)"]
+    labels = [f"epoch {e}" + (" (best)" if e == best_epoch else "") for e in wanted]
+    labels.append(f"epoch {final} (final)")
     final_label = labels[-1]
     models = [
         ctx.load(loaded.recipe, loaded.entry.load_snapshot(e), f"{loaded.key} epoch {e}")

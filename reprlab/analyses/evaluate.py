@@ -1,33 +1,67 @@
-"""``analysis=evaluate``: clean accuracy and PGD robust accuracy of one model at several radii."""
+"""``analysis=evaluate``: clean and robust accuracy of one model at several radii, under one or
+more attacks side by side (e.g. PGD and AutoAttack), with AutoAttack's per-stage accuracies,
+the per-example worst case over the attacks, and sanity flags a reviewer checks first.
+
+Flags (named in the summary's ``flags``; ``sanity`` is ``ok`` without any):
+
+- ``pgd_autoattack_disagree``: at some radius a PGD attack and an AutoAttack run differ by more
+  than ``analysis.disagreement`` (default 5 points): PGD overstating robustness (or AutoAttack
+  misconfigured);
+- ``not_monotone_in_eps``: some attack's accuracy rises with ε (a weak or masked attack);
+- ``zero_gradients``: more than ``analysis.zero_gradient_share`` of the clean inputs have an
+  exactly-zero input gradient of the cross-entropy (gradient masking, or saturated softmax);
+- ``autoattack_warnings``: the AutoAttack package's own checks warned (randomised or dynamic
+  defence, Square beating the gradient attacks, ...).
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 
 from reprlab import plots
 from reprlab.analyses import inputs
-from reprlab.attacks import robust_accuracy
-from reprlab.config import attack_spec, check_positive, check_radius, typed
+from reprlab.attacks import correct_under
+from reprlab.autoattack import AutoAttack
+from reprlab.config import (
+    AttackSpec,
+    AutoAttackSpec,
+    attack_spec,
+    check_non_negative,
+    check_positive,
+    check_radius,
+    config_dir,
+    group_options,
+    typed,
+)
 from reprlab.context import RunContext
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.recipes import describe_adversary, make_attack
+from reprlab.runtime import module_mode
 
 DEFAULT_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+RUN_ATTACK = "attack"
+"""In ``analysis.attacks``, the run's own ``attack`` group (with its command-line overrides)."""
 
 
 @dataclass
 class Settings:
-    """``analysis=evaluate``: a seeded test sample and the radii to attack it at."""
+    """``analysis=evaluate``: a seeded test sample, the radii, and the attacks to compare."""
 
     name: str
     examples: int | None  # None: the whole test split
     batch_size: int
     eps: Any  # None (fractions of attack.eps), one radius, or a list of radii
+    attacks: list[str] | None  # attack options side by side; None: see attack_specs
+    disagreement: float  # flag PGD vs AutoAttack differences above this (fraction)
+    zero_gradient_share: float  # flag more exactly-zero input gradients than this (fraction)
 
 
 def radii(cfg: DictConfig, eps: Any) -> list[float]:
@@ -42,11 +76,41 @@ def radii(cfg: DictConfig, eps: Any) -> list[float]:
     return sorted({0.0, base, *(float(v) for v in values)})
 
 
+def attack_specs(cfg: DictConfig, names: list[str] | None) -> list[AttackSpec | AutoAttackSpec]:
+    """The attacks to run side by side, each under the run's ``attack.norm``.
+
+    ``names`` are options of the ``attack`` group (``pgd_linf``, ``autoattack``, ...) or
+    ``attack`` for the run's own. None: the run's attack, preceded by the default PGD of its
+    norm when it is not a PGD (so ``attack=autoattack`` reports PGD and AutoAttack side by side).
+    """
+    own = attack_spec(cfg.attack)
+    if names is None:
+        names = [RUN_ATTACK] if isinstance(own, AttackSpec) else [f"pgd_{own.norm}", RUN_ATTACK]
+    options = group_options("attack")
+    specs = []
+    for name in names:
+        if name == RUN_ATTACK:
+            specs.append(own)
+            continue
+        if name not in options:
+            raise ReprlabError(
+                f"analysis.attacks has '{name}'; choose among {RUN_ATTACK}, {', '.join(options)}"
+            )
+        node = OmegaConf.load(config_dir() / "attack" / f"{name}.yaml")
+        context = OmegaConf.create({"dataset": OmegaConf.to_container(cfg.dataset)})
+        context.attack = node
+        spec = attack_spec(context.attack, where=f"analysis.attacks[{name}]")
+        specs.append(replace(spec, norm=own.norm, eps=own.eps))
+    return specs
+
+
 def settings(cfg: DictConfig) -> Settings:
     s: Settings = typed(cfg.analysis, Settings, "analysis")
     if s.examples is not None:
         check_positive("analysis.examples", s.examples)
     check_positive("analysis.batch_size", s.batch_size)
+    check_non_negative("analysis.disagreement", s.disagreement)
+    check_non_negative("analysis.zero_gradient_share", s.zero_gradient_share)
     attack = attack_spec(cfg.attack)
     given = s.eps if isinstance(s.eps, list) else [s.eps] if s.eps is not None else []
     for value in given:
@@ -56,49 +120,192 @@ def settings(cfg: DictConfig) -> Settings:
                 "e.g. analysis.eps=[0.1,0.3]"
             )
         check_radius("analysis.eps", value, attack.norm, dataset_info(cfg.dataset.name))
+    if s.attacks is not None and not s.attacks:
+        raise ReprlabError("analysis.attacks is empty; name at least one, e.g. [attack]")
+    attack_specs(cfg, s.attacks)
     return s
+
+
+def zero_gradient_share(model: torch.nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> float:
+    """Fraction of examples whose input gradient of the cross-entropy is exactly zero (eval mode;
+    gradients with respect to the inputs only)."""
+    zero = total = 0
+    with module_mode(model, mode="eval"), torch.enable_grad():
+        for x, y in batches:
+            x = x.detach().requires_grad_(True)
+            loss = F.cross_entropy(model(x).float(), y, reduction="sum")
+            (gradient,) = torch.autograd.grad(loss, x)
+            zero += int((gradient.flatten(1).abs().amax(dim=1) == 0).sum())
+            total += len(y)
+    return zero / max(total, 1)
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     s = settings(cfg)
     loaded = ctx.model("model")
+    model = loaded.model
     source = inputs.sample(ctx, examples=s.examples, batch_size=s.batch_size, with_attack=False)
     batches = source.batches
     n = source.examples
-    spec = attack_spec(cfg.attack)
-    rows = []
+    own = attack_spec(cfg.attack)
+    specs = attack_specs(cfg, s.attacks)
+
+    def build(spec: AttackSpec | AutoAttackSpec, eps: float) -> Any:
+        return make_attack(
+            replace(spec, eps=eps),
+            seed=ctx.seed,
+            progress=ctx.progress,
+            num_classes=ctx.info.num_classes,
+        )
+
+    at_attack_eps = [build(spec, own.eps) for spec in specs]
+    labels = _labels(at_attack_eps)
+    ctx.run.update(
+        attacks={
+            label: attack.settings() for label, attack in zip(labels, at_attack_eps, strict=True)
+        }
+    )
+    clean = correct_under(model, batches, None, progress=ctx.progress)
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    seconds: dict[str, float] = {}
     for eps in radii(cfg, s.eps):
-        attack = make_attack(replace(spec, eps=eps)) if eps > 0 else None
-        accuracy = robust_accuracy(
-            loaded.model, batches, attack, generator=ctx.generator(), progress=ctx.progress
-        )
-        rows.append(
-            {
-                "eps": eps,
-                "norm": spec.norm,
-                "steps": spec.steps if eps > 0 else 0,
-                "step_size": attack.step_size if attack else 0.0,
-                "accuracy": accuracy,
-                "examples": n,
-            }
-        )
+        row: dict[str, Any] = {"eps": eps, "norm": own.norm, "examples": n}
+        worst = clean.clone()
+        if eps > 0:
+            for label, spec in zip(labels, specs, strict=True):
+                attack = build(spec, eps)
+                started = time.perf_counter()
+                if isinstance(attack, AutoAttack):
+                    x = torch.cat([x for x, _ in batches])
+                    y = torch.cat([y for _, y in batches])
+                    result = attack.run(model, x, y, progress=ctx.progress)
+                    correct = result.correct
+                    if len(result.stages) > 1:
+                        for stage, accuracy in result.stages.items():
+                            row[f"{label}: {stage}"] = accuracy
+                    warnings += [f"ε={eps:.4g}: {w}" for w in result.warnings]
+                else:
+                    correct = correct_under(
+                        model, batches, attack, generator=ctx.generator(), progress=ctx.progress
+                    )
+                seconds[f"{label} ε={eps:.4g}"] = time.perf_counter() - started
+                row[label] = float(correct.float().mean())
+                worst &= correct
+        else:
+            for label in labels:
+                row[label] = float(clean.float().mean())
+        row["accuracy"] = float(worst.float().mean())
+        rows.append(row)
     table = pd.DataFrame(rows)
+    columns = [
+        "eps",
+        "norm",
+        "accuracy",
+        *[c for c in table.columns if c not in ("eps", "norm", "accuracy", "examples")],
+        "examples",
+    ]
+    table = table[columns]
     ctx.run.write_csv("accuracy", table)
-    label = f"{loaded.label} ({describe_adversary(loaded.recipe)})"
+
+    flags, details = _sanity(table, labels, specs, s, model, batches, warnings)
+    summary_label = f"{loaded.label} ({describe_adversary(loaded.recipe)})"
     figure = plots.accuracy_vs_eps(
-        {label: (table.eps.tolist(), table.accuracy.tolist())},
-        title=f"{loaded.label} on {ctx.dataset.name}: PGD-{spec.steps} {spec.norm}, n={n}",
-        xlabel=f"ε ({spec.norm}, pixel units)",
+        {
+            **{label: (table.eps.tolist(), table[label].tolist()) for label in labels},
+            **(
+                {"worst case": (table.eps.tolist(), table.accuracy.tolist())}
+                if len(labels) > 1
+                else {}
+            ),
+        },
+        title=f"{summary_label} on {ctx.dataset.name}, n={n}",
+        xlabel=f"ε ({own.norm}, pixel units)",
     )
     ctx.run.save_figure("accuracy_vs_eps", figure)
-    print(f"\n{label} on {ctx.dataset.name}, {n} test images, PGD-{spec.steps} {spec.norm}:")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    at_attack_eps = table.loc[(table.eps - spec.eps).abs().idxmin()]
-    return {
+    shown = table.drop(columns=["norm", "examples"]).rename(columns={"accuracy": "worst case"})
+    if len(labels) == 1:
+        shown = shown.drop(columns=["worst case"])
+    print(f"\n{summary_label} on {ctx.dataset.name}, {n} test images, {own.norm}:")
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if flags:
+        print("sanity flags: " + "; ".join(f"{k}: {details[k]}" for k in flags))
+
+    at_eps = table.loc[(table.eps - own.eps).abs().idxmin()]
+    summary: dict[str, Any] = {
         "clean_acc": float(table.accuracy.iloc[0]),
-        "robust_acc": float(at_attack_eps.accuracy),
-        "eps": float(spec.eps),
-        "norm": spec.norm,
-        "steps": spec.steps,
+        "robust_acc": float(at_eps.accuracy),
+        "eps": float(own.eps),
+        "norm": own.norm,
+        "attacks": " + ".join(labels),
         "examples": n,
     }
+    if isinstance(own, AttackSpec):
+        summary["steps"] = own.steps
+    if len(labels) > 1:
+        summary["robust_acc_by_attack"] = {label: float(at_eps[label]) for label in labels}
+    stages = {c: float(at_eps[c]) for c in table.columns if ": " in c and pd.notna(at_eps[c])}
+    if stages:
+        summary["autoattack_stages"] = stages
+    ctx.run.update(attack_seconds=seconds)  # timings: in run.json, not the (reproducible) summary
+    summary["sanity"] = "ok" if not flags else ", ".join(flags)
+    summary["flags"] = flags
+    summary["flag_details"] = details
+    return summary
+
+
+def _labels(attacks: list[Any]) -> list[str]:
+    """Column names of the attacks: their descriptions, numbered when two coincide."""
+    names = [attack.describe() for attack in attacks]
+    return [
+        name if names.count(name) == 1 else f"{name} #{names[: i + 1].count(name)}"
+        for i, name in enumerate(names)
+    ]
+
+
+def _sanity(
+    table: pd.DataFrame,
+    labels: list[str],
+    specs: list[AttackSpec | AutoAttackSpec],
+    s: Settings,
+    model: torch.nn.Module,
+    batches: list[tuple[torch.Tensor, ...]],
+    warnings: list[str],
+) -> tuple[list[str], dict[str, Any]]:
+    """The names of the raised flags, and the numbers behind every check."""
+    flags: list[str] = []
+    details: dict[str, Any] = {}
+    pgd = [lab for lab, spec in zip(labels, specs, strict=True) if isinstance(spec, AttackSpec)]
+    auto = [
+        lab for lab, spec in zip(labels, specs, strict=True) if not isinstance(spec, AttackSpec)
+    ]
+    if pgd and auto:
+        gap = max(
+            abs(float(table[p].iloc[i]) - float(table[a].iloc[i]))
+            for p in pgd
+            for a in auto
+            for i in range(len(table))
+        )
+        details["pgd_autoattack_disagree"] = f"largest gap {100 * gap:.1f} points"
+        if gap > s.disagreement:
+            flags.append("pgd_autoattack_disagree")
+    rises = []
+    for label in [*labels, "accuracy"]:
+        values = table[label].tolist()
+        for i in range(1, len(values)):
+            if values[i] > values[i - 1]:
+                rises.append(
+                    f"{label} rises {values[i - 1]:.4f} -> {values[i]:.4f} at "
+                    f"ε={table.eps.iloc[i]:.4g}"
+                )
+    details["not_monotone_in_eps"] = "; ".join(rises) or "none"
+    if rises:
+        flags.append("not_monotone_in_eps")
+    share = zero_gradient_share(model, batches)
+    details["zero_gradients"] = f"{100 * share:.1f}% of clean inputs"
+    if share > s.zero_gradient_share:
+        flags.append("zero_gradients")
+    if warnings:
+        details["autoattack_warnings"] = "; ".join(dict.fromkeys(warnings))
+        flags.append("autoattack_warnings")
+    return flags, details

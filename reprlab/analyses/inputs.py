@@ -93,7 +93,7 @@ class InputSource:
         attack = self._require_attack()
         against = f"{target_label}'s weights" if target_label else "each model's own weights"
         return (
-            f"PGD-{attack.steps} {attack.norm} ε={attack.eps:.4g} examples of {self.split} "
+            f"{attack.describe()} ε={attack.eps:.4g} examples of {self.split} "
             f"inputs against {against}"
         )
 

@@ -1,6 +1,8 @@
 """``analysis=train``: obtain a model recipe from the store (training it if missing).
 
-Writes the per-epoch metrics (held-out clean and PGD accuracy) as CSV and training curves.
+Writes the per-epoch metrics as CSV and the training curves: loss, and clean and robust accuracy
+on the training batches and on the held-out split (the validation split when the recipe has one)
+per epoch, with the best-robust epoch marked (robust overfitting, Rice et al. 2020).
 """
 
 from __future__ import annotations
@@ -37,9 +39,21 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         "epochs": len(history),
         "train_seconds": loaded.entry.meta.get("train_seconds"),
     }
+    best = loaded.entry.meta.get("best")
+    best_epoch = int(best["epoch"]) if isinstance(best, dict) else None
     if history:
         ctx.run.write_csv("metrics", pd.DataFrame(history))
         title = f"{loaded.label} on {ctx.dataset.name} ({summary['adversary']})"
-        ctx.run.save_figure("training_curves", plots.training_curves(history, title=title))
-        summary.update({k: v for k, v in history[-1].items() if k.startswith("eval_")})
+        figure = plots.robust_training_curves(history, best_epoch=best_epoch, title=title)
+        ctx.run.save_figure("training_curves", figure)
+        summary.update(
+            {k: v for k, v in history[-1].items() if k.startswith(("eval_", "val_", "train_"))}
+        )
+    if best_epoch is not None:
+        summary["best_epoch"] = best_epoch
+        robust = "val_robust_acc"
+        at_best = [r for r in history if r["epoch"] == best_epoch]
+        if at_best and robust in at_best[0] and history:
+            summary["best_val_robust_acc"] = at_best[0][robust]
+            summary["robust_overfitting_gap"] = at_best[0][robust] - history[-1][robust]
     return summary
