@@ -41,6 +41,10 @@ def wait_for_running(workdir: Path, process: subprocess.Popen, timeout: float = 
     raise AssertionError("the run never started")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def expected_key(overrides: list[str]) -> str:
     cfg = compose_config(overrides)
     return store_key(model_identity(recipe(cfg.model), dataset_spec(cfg.dataset)))
@@ -57,6 +61,9 @@ def test_a_signal_ends_the_run_recorded_without_a_traceback(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job inherits SIGINT ignored (and Python then keeps it ignored);
+        # the run must see the signal as a user at a terminal sends it.
+        preexec_fn=_default_sigint,
     )
     record_path = wait_for_running(workdir, process)
     during = json.loads(record_path.read_text())
