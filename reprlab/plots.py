@@ -433,35 +433,6 @@ def stitching_curves(
     return figure
 
 
-def image_rows(rows: Mapping[str, np.ndarray], *, title: str) -> Figure:
-    """A grid of images: one row per label, images [k, c, h, w] in [0, 1] (1 or 3 channels).
-
-    Rows may hold different numbers of images; each row is labelled on its left.
-    """
-    columns = max((len(images) for images in rows.values()), default=0)
-    figure, axes = plt.subplots(
-        len(rows),
-        max(columns, 1),
-        figsize=(1.1 * max(columns, 1) + 1.6, 1.2 * len(rows) + 0.6),
-        squeeze=False,
-    )
-    for row, (label, images) in zip(axes, rows.items(), strict=True):
-        for column, ax in enumerate(row):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if column >= len(images):
-                ax.axis("off")
-                continue
-            image = np.clip(np.asarray(images[column], dtype=float), 0.0, 1.0)
-            if image.shape[0] == 1:
-                ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0)
-            else:
-                ax.imshow(np.transpose(image, (1, 2, 0)))
-        row[0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    figure.suptitle(title, fontsize=8)
-    return figure
-
-
 def stitching_matrix(
     panels: Sequence[tuple[np.ndarray, str]],
     rows: Sequence[str],

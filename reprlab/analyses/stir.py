@@ -476,8 +476,8 @@ def write_common(
     ctx.run.write_csv(name, pd.DataFrame(summary))
     ctx.run.write_csv(f"{name}_values", pd.DataFrame(values))
     if result.grid and s.grid_images > 0:
-        figure = plots.image_rows(
-            result.grid,
+        figure = plots.image_grid(
+            list(result.grid.items()),
             title=f"inputs, seeds and IRIs (repeat 0) · {settings_line(ctx, s, result.n)}",
         )
         ctx.run.save_figure(f"{name}_iris", figure)
