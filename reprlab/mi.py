@@ -57,6 +57,10 @@ MI_ESTIMATORS = ("dv", "infonce")
 
 HEAD_KINDS = ("linear", "mlp")
 
+CRITIC_SCOPES = ("local", "global")
+"""What the Deep-InfoMax critic contrasts with the representation: each location of the image's
+conv features (``local``, the authors') or their mean over locations (``global``)."""
+
 Encode = Callable[[torch.Tensor], torch.Tensor]
 """``encode(x) -> z``: inputs [n, ...] to representations [n, ...], differentiable in ``x``."""
 
@@ -224,7 +228,12 @@ class DIMCritic(nn.Module):
     """Deep-InfoMax local/global critic: ``scores[i, j, l] = ⟨local(x_i)_l, global(z_j)⟩ / √units``.
 
     ``forward(x [n, c, h, w], z [n, ...]) -> scores [n, n, L]`` over all (image, representation)
-    pairs of the batch and the L = (h/4)·(w/4) locations of the local features. The image is
+    pairs of the batch and the L = (h/4)·(w/4) locations of the local features.
+    ``scope="local"`` (the authors') scores every location, so a bound over the scores averages
+    per-location estimates: the MI between an image *patch* and the representation, which is at
+    most I(X; Z). ``scope="global"`` mean-pools the local features first (L = 1): the critic
+    sees the whole image, and the bound estimates I(X; Z) itself, the quantity Fano's bound
+    (:func:`fano_bound`) takes. The image is
     *detached* (as in the authors' code): gradients reach the input only through ``z``, so a
     search over inputs moves them by what the representation does. The 1/√units temperature
     (not in the authors' code, where scores start at ~√units) only rescales the initial scores;
@@ -237,8 +246,11 @@ class DIMCritic(nn.Module):
         representation_size: int,
         units: int = 2048,
         channels: Sequence[int] = (64, 128),
+        scope: str = "local",
     ) -> None:
         super().__init__()
+        if scope not in CRITIC_SCOPES:
+            raise MIConfigError(f"unknown critic scope '{scope}'; use one of {CRITIC_SCOPES}")
         in_channels, height, width = image_shape
         if min(height, width) < 2 ** len(channels):
             raise MIConfigError(
@@ -248,9 +260,12 @@ class DIMCritic(nn.Module):
         self.local = LocalNet(in_channels, units, channels)
         self.glob = GlobalNet(representation_size, units)
         self.scale = 1.0 / math.sqrt(units)
+        self.scope = scope
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         local = self.local(x.detach()).flatten(2)  # [n, units, L]
+        if self.scope == "global":
+            local = local.mean(2, keepdim=True)
         glob = self.glob(z.flatten(1))  # [n, units]
         return torch.einsum("iul,ju->ijl", local, glob) * self.scale
 

@@ -152,6 +152,42 @@ def test_jsd_score_increases_with_the_mi() -> None:
     assert all(s <= 2 * math.log(2) for s in scores)
 
 
+# --- the critic's scope: a patch or the whole image ---------------------------------------------
+
+
+def quadrant_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """32×32 images whose four 16×16 quadrants are each dark or bright (plus noise), and z the
+    four bits as ±1: I(X; Z) = H(Z) = 4·log 2, but one quadrant carries only log 2 of it."""
+    g = torch.Generator().manual_seed(seed)
+    bits = torch.randint(0, 2, (n, 4), generator=g).float()
+    x = 0.2 + 0.6 * bits.view(n, 1, 2, 2).repeat_interleave(16, 2).repeat_interleave(16, 3)
+    x = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    return x, 2 * bits - 1
+
+
+def test_global_critic_sees_the_whole_image_and_the_local_one_a_patch() -> None:
+    x, z = quadrant_images(2048, 1)
+    heldout = list(Pairs(*quadrant_images(1024, 2), 128).epoch(0))
+    settings = FitSettings(
+        epochs=6, optimizer="adam", lr=3e-3, weight_decay=0.0, schedule="constant"
+    )
+    estimates = {}
+    for scope in mi.CRITIC_SCOPES:
+        torch.manual_seed(0)
+        critic = mi.DIMCritic((1, 32, 32), 4, units=32, channels=(8, 16), scope=scope)
+        history = mi.fit_mi(
+            critic, Pairs(x, z, 128), settings, heldout=heldout, device=CPU, progress=False
+        )
+        estimates[scope] = history[-1]["heldout_mi"]
+    truth = 4 * math.log(2)
+    # Each local feature's 10-pixel receptive field sees (mostly) one quadrant: about log 2.
+    assert estimates["local"] < 0.8, estimates
+    # Pooled over the image, the critic reaches most of the 4 bits (a lower bound: never above).
+    assert 0.65 * truth < estimates["global"] < truth + 0.1, estimates
+    with pytest.raises(mi.MIConfigError, match="critic scope"):
+        mi.DIMCritic((1, 32, 32), 4, units=8, channels=(8,), scope="patch")
+
+
 # --- worst case on a real (tiny) encoder ---------------------------------------------------------
 
 
