@@ -637,6 +637,12 @@ def check_trainer(trainer: TrainerSpec, device: Any, cfg: DictConfig) -> None:
     from reprlab.distributed import check_devices
     from reprlab.runtime import resolve_speed
 
+    if trainer.devices > 1 and device.type == "cuda" and device.index is not None:
+        raise ReprlabError(
+            f"device={device} with trainer.devices={trainer.devices}: each DDP process takes "
+            "the visible GPU of its local rank, so the index would be ignored; choose the GPUs "
+            "with CUDA_VISIBLE_DEVICES=... and use device=cuda"
+        )
     resolve_speed(trainer.bf16, trainer.channels_last, trainer.compile, device)
     if trainer.devices < 1:
         raise ReprlabError(f"trainer.devices={trainer.devices} is invalid: it must be >= 1")

@@ -49,6 +49,10 @@ def run(job: dict[str, Any]) -> None:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"[%(asctime)s][reprlab rank {rank}][%(levelname)s] - %(message)s",
     )
+    for path in job.get("log_files", []):  # the parent's run log: one log for the whole run
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.getLogger().handlers[0].formatter)
+        logging.getLogger().addHandler(handler)
     spec: ModelRecipe = typed(job["recipe"], ModelRecipe, "model")
     dataset: DatasetSpec = typed(job["dataset"], DatasetSpec, "dataset")
     m = job["monitor"]

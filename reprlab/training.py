@@ -348,6 +348,12 @@ def train_in_processes(
         "num_workers": num_workers,
         "progress": progress,
         "trainer": {**trainer.record(), "devices": trainer.devices},
+        # the run's log files (Hydra's reprlab.log): rank 0 appends its lines to them too
+        "log_files": [
+            h.baseFilename
+            for h in logging.getLogger().handlers
+            if isinstance(h, logging.FileHandler)
+        ],
     }
     path = files.entry / "work" / "ddp_job.json"
     path.parent.mkdir(parents=True, exist_ok=True)

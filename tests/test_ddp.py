@@ -100,6 +100,17 @@ def test_devices_beyond_the_machine_are_refused_in_one_line() -> None:
     distributed.check_devices(1, torch.device("cpu"))
 
 
+def test_a_gpu_index_with_several_devices_is_refused_not_ignored() -> None:
+    from omegaconf import OmegaConf
+
+    from reprlab.config import TrainerSpec, check_trainer
+
+    trainer = TrainerSpec(devices=2, sync_batchnorm=False, bf16="auto", channels_last="auto",
+                          compile="off")  # fmt: skip
+    with pytest.raises(ReprlabError, match="CUDA_VISIBLE_DEVICES"):
+        check_trainer(trainer, torch.device("cuda:1"), OmegaConf.create({}))
+
+
 def _store_entry(root: Path) -> Path:
     (entry,) = [p for p in (root / "outputs" / "store").iterdir() if p.is_dir()]
     return entry
@@ -141,6 +152,8 @@ def test_ddp_epoch_equals_one_process_and_killed_ddp_resumes(workdir: Path) -> N
     assert meta["trainer"]["devices"] == 2
     (record,) = [json.loads(p.read_text()) for p in (two / "outputs").rglob("run.json")]
     assert record["trainer"]["devices"] == 2 and record["models"]["model"]["trained_now"]
+    (run_log,) = (two / "outputs").rglob("reprlab.log")
+    assert "[reprlab rank 0][INFO]" in run_log.read_text()  # the workers log to the run's log
 
     epochs = ["model.train.epochs=4", "model.snapshot_epochs=[2,4]"]
     reference, killed = workdir / "reference", workdir / "killed"
