@@ -168,3 +168,27 @@ def test_robust_inversions_are_closer_to_their_targets_on_mnist(tmp_path: Path) 
     # 12.5 from seeds 13.6 away, SSIM 0.137 vs 0.128.
     assert robust["rel_distance"] < 0.05 and standard["rel_distance"] < 0.05
     assert robust["pixel_l2"] < 0.95 * standard["pixel_l2"]
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    [
+        "inversion_demo",
+        "repr_distance_fashion",
+        "inversion_cifar10",
+        "inversion_restricted_imagenet",
+    ],
+)
+def test_inversion_experiments_compose_and_validate(experiment: str) -> None:
+    from reprlab.analyses.inversion_settings import parts_of, settings
+    from reprlab.cli import compose_config
+    from reprlab.config import recipe
+
+    cfg = compose_config([f"experiment={experiment}"])
+    s = settings(cfg)
+    model, ref = recipe(cfg.model, "model"), recipe(cfg.ref, "ref")
+    assert model.adversary is not None and ref.adversary is None  # robust first, standard second
+    if experiment == "repr_distance_fashion":
+        assert cfg.dataset.name == "fashion_mnist" and parts_of(s) == ["repr_distance"]
+        assert (model.adversary.norm, model.adversary.eps, model.train.epochs) == ("l2", 3.0, 5)
+        assert ref.train.epochs == 10 and 4.0 in s.repr_distance.eps
