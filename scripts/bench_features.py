@@ -16,38 +16,12 @@ Run from the repository root with reprlab importable (``pip install -e .`` or PY
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from benchtools import interleaved_medians
 
 from reprlab.models import build_model
 from reprlab.runtime import resolve_device
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of ``fn()``, synchronising CUDA before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
-def interleaved_medians(
-    candidates: dict[str, Callable[[], object]], repeats: int, device: torch.device
-) -> dict[str, float]:
-    """Median seconds of each candidate over ``repeats`` rounds, order rotating every round."""
-    names = list(candidates)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(timed(candidates[name], device))
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:

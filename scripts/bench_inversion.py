@@ -23,30 +23,13 @@ Run from the repository root with reprlab importable (``pip install -e .`` or PY
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from benchtools import interleaved_medians
 
 from reprlab import inversion
 from reprlab.models import build_model
 from reprlab.runtime import resolve_device
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of ``fn()``: wall time on CUDA (synchronised before and after); on the CPU the
-    process's CPU time, which other processes on a shared machine disturb far less than wall
-    time (run with one thread, OMP_NUM_THREADS=1, for the two to agree on a quiet machine)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-    start = time.process_time()
-    fn()
-    return time.process_time() - start
 
 
 def main() -> None:
@@ -119,16 +102,12 @@ def main() -> None:
             step_size=0.3,
         ),
     }  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
     with autocast:
         for fn in candidates.values():  # warm-up: allocator, kernels, the probe
             fn()
-        for round_index in range(args.repeats):
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                times[name].append(timed(candidates[name], device))
-    medians = {name: statistics.median(values) for name, values in times.items()}
+        # CPU: process time, which other jobs on a shared machine barely disturb
+        medians = interleaved_medians(candidates, args.repeats, device, clock="cpu")
     base = medians["steps x forward-backward"]
     print(
         f"{args.arch}, batch {n} of 3x{size}x{size}, {steps} steps, device {device}, "
