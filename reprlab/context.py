@@ -28,12 +28,12 @@ from reprlab.config import (
 )
 from reprlab.data import DatasetInfo, dataset_info, make_loader
 from reprlab.errors import ReprlabError
+from reprlab.fit import EpochBatches
 from reprlab.models import Classifier
 from reprlab.recipes import build_for, make_attack, model_identity, monitor_attack
 from reprlab.runs import RunDirectory
 from reprlab.runtime import resolve_device, resolve_speed, seeded_generator
 from reprlab.store import ArtifactStore, Payload, StoredArtifact, TrainingFiles, store_key
-from reprlab.train import EpochBatches
 from reprlab.training import Monitor, Trainer, train_recipe
 
 log = logging.getLogger("reprlab")

@@ -32,32 +32,14 @@ from torch import nn
 
 from reprlab import distributed
 from reprlab.attacks import PGD, preserved_buffers
-from reprlab.fit import (
-    EpochBatches,
-    FitSettings,
-    autocast,
-    epoch_generator,
-    fit,
-    lr_factor,
-    make_optimizer,
-)
+from reprlab.fit import EpochBatches, FitSettings, fit
 from reprlab.runtime import module_mode
 
 TRAINING_METHODS = ("standard", "pgd_at", "trades", "mart")
 TRADES_START_STD = 0.001
 """TRADES and MART start their inner maximisation from x + 0.001·N(0, I) (their released code)."""
 
-__all__ = [
-    "TRAINING_METHODS",
-    "EpochBatches",
-    "TrainSettings",
-    "autocast",
-    "epoch_generator",
-    "lr_factor",
-    "make_optimizer",
-    "prepare_model",
-    "train_classifier",
-]
+__all__ = ["TRAINING_METHODS", "TrainSettings", "prepare_model", "train_classifier"]
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ import torch
 
 from reprlab.attacks import PGD, robust_accuracy
 from reprlab.data import TensorLoader, dataset_info, load_tensors
+from reprlab.fit import lr_factor
 from reprlab.models import build_model
-from reprlab.train import TrainSettings, lr_factor, train_classifier
+from reprlab.train import TrainSettings, train_classifier
 
 CPU = torch.device("cpu")
 
