@@ -348,7 +348,8 @@ def train_in_processes(
         "num_workers": num_workers,
         "progress": progress,
         "trainer": {**trainer.record(), "devices": trainer.devices},
-        # the run's log files (Hydra's reprlab.log): rank 0 appends its lines to them too
+        # the run's log files (Hydra's reprlab.log): the workers append their lines to them too
+        # (rank 0 from INFO up, the other ranks their warnings)
         "log_files": [
             h.baseFilename
             for h in logging.getLogger().handlers
