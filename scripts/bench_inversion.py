@@ -25,10 +25,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from benchtools import interleaved_medians
+from benchtools import interleaved_medians, random_model
 
 from reprlab import inversion
-from reprlab.models import build_model
 from reprlab.runtime import resolve_device
 
 
@@ -45,16 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    torch.manual_seed(0)
-    model = build_model(
-        args.arch,
-        num_classes=10,
-        in_channels=3,
-        image_size=args.image_size,
-        mean=[0.5, 0.5, 0.5],
-        std=[0.25, 0.25, 0.25],
-    )
-    model = model.to(device).eval()
+    model = random_model(args.arch, args.image_size, device)
     represent = inversion.Representation(
         model, model.representation_tap, fake_relu=not args.no_fake_relu
     )

@@ -9,6 +9,23 @@ from collections.abc import Callable
 
 import torch
 
+from reprlab.models import Classifier, build_model
+
+
+def random_model(arch: str, image_size: int, device: torch.device) -> Classifier:
+    """A randomly initialised ``arch`` (seed 0) for 3×``image_size``² inputs, 10 classes, in eval
+    mode on ``device``: what a speed ratio needs (the cost does not depend on the weights)."""
+    torch.manual_seed(0)
+    model = build_model(
+        arch,
+        num_classes=10,
+        in_channels=3,
+        image_size=image_size,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+    )
+    return model.to(device).eval()
+
 
 def timed(fn: Callable[[], object], device: torch.device, *, clock: str = "wall") -> float:
     """Seconds of ``fn()``. On CUDA: wall time, synchronised before and after. On the CPU:
