@@ -2,7 +2,7 @@
 
 import sys
 
-from reprlab.cli import main
+from reprlab.cli.app import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reprlab.attacks import PGD
+from reprlab.core.attacks import PGD
 from reprlab.models import available_archs, build_model
 from reprlab.models.base import Body, Classifier, sequential_stages
 from reprlab.runtime import resolve_device

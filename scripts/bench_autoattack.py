@@ -2,7 +2,7 @@
 
 Loads a trained recipe from a store, draws the same seeded test sample that ``analysis=evaluate``
 uses, and reports (one line each) clean accuracy, PGD-20 (reprlab's default evaluation PGD), and
-the chosen attack run (a) through reprlab (:class:`reprlab.autoattack.AutoAttack`) and (b) with
+the chosen attack run (a) through reprlab (:class:`reprlab.core.autoattack.AutoAttack`) and (b) with
 ``pyautoattack`` called directly on the same model, images, seed and batch size, with seconds.
 Optionally torchattacks' AutoAttack on the same images (``--torchattacks``).
 
@@ -19,12 +19,12 @@ import time
 
 import torch
 
-from reprlab.attacks import correct_under
-from reprlab.autoattack import AutoAttack
-from reprlab.config import AttackSpec, ModelRecipe, typed
+from reprlab.core.attacks import correct_under
+from reprlab.core.autoattack import AutoAttack
 from reprlab.data import dataset_info, default_data_root, make_loader
-from reprlab.recipes import build_for, make_attack
-from reprlab.store import ArtifactStore
+from reprlab.io.store import ArtifactStore
+from reprlab.run.config import AttackSpec, ModelRecipe, typed
+from reprlab.run.recipes import build_for, make_attack
 
 
 def main() -> None:

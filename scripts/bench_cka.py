@@ -8,7 +8,8 @@ flattened activations over minibatches (Nguyen et al. 2021), equal weight per ba
 without centring, and recomputes the column Gram for every (row, column) pair.
 
 The floor is what reprlab must do anyway: the forward passes of both models exactly as layer CKA
-runs them (:func:`reprlab.layerwise.tap_features`), with nothing computed from the activations.
+runs them (:func:`reprlab.methods.layerwise.tap_features`), with nothing computed from the
+activations.
 
 Prints, from one run, for each tap set asked for (``--taps declared layers`` does both), and
 the load average, since the machine may be shared:
@@ -54,7 +55,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reprlab.layerwise import layer_cka, tap_features
+from reprlab.methods.layerwise import layer_cka, tap_features
 from reprlab.models import available_archs, build_model, select_taps
 from reprlab.models.base import Classifier
 

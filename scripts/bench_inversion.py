@@ -1,6 +1,6 @@
 """Benchmark: each inversion optimisation costs <= 1.1x (steps x one forward-backward) (issue 10).
 
-For every optimisation of :mod:`reprlab.inversion` (inversion, the distance curve's ball-
+For every optimisation of :mod:`reprlab.methods.inversion` (inversion, the distance curve's ball-
 constrained matching, feature visualisation, feature manipulation, interpolation), times
 ``steps`` iterations on a randomly initialised model (default resnet18 on 3x32x32, its
 representation tap with fake_relu, as the analyses run) against ``steps`` times the cost of one
@@ -27,7 +27,7 @@ import argparse
 import torch
 from benchtools import interleaved_medians, random_model
 
-from reprlab import inversion
+from reprlab.methods import inversion
 from reprlab.runtime import resolve_device
 
 

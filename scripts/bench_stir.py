@@ -1,7 +1,8 @@
 """Benchmark: the IRI search of STIR costs <= 1.1x (steps x one forward-backward of m1).
 
 Part 1 (any device; the bar): on ResNet-18 at CIFAR shape (3x32x32, randomly initialised, eval
-mode), times :func:`reprlab.stir.find_iris` (IRIs at the representation tap ``pool``) against
+mode), times :func:`reprlab.methods.stir.find_iris` (IRIs at the representation tap ``pool``)
+against
 ``steps`` forward-backward passes of the whole model (``model(x)`` to the logits, then the
 gradient of their sum with respect to the input, parameters frozen as in the search). Both run on
 the same batch, interleaved (the order alternates each repeat); medians of the repeats. The
@@ -29,7 +30,7 @@ from collections.abc import Callable
 import torch
 from benchtools import interleaved_medians
 
-from reprlab import stir
+from reprlab.methods import stir
 from reprlab.models import Classifier, build_model
 from reprlab.runtime import resolve_device
 

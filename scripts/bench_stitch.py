@@ -2,7 +2,8 @@
 
 Issue 8's speed bar: training the stitches of all block taps of resnet18 × resnet18 (CIFAR
 shape, 3×32×32; random images are fine, the cost does not depend on them) for one epoch with
-:func:`reprlab.stitching.train_stitches` (one front pass per batch for every point) must cost at
+:func:`reprlab.methods.stitching.train_stitches` (one front pass per batch for every point) must
+cost at
 most 0.8× training the points one at a time (one call per point: the front runs once per point).
 
 Both ways train the same stitches from the same initialisation on the same batches (the results
@@ -28,9 +29,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from reprlab import stitching as st
+from reprlab.core.fit import FitSettings
 from reprlab.data import TensorLoader
-from reprlab.fit import FitSettings
+from reprlab.methods import stitching as st
 from reprlab.models import build_model
 
 

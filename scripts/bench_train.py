@@ -20,11 +20,11 @@ import time
 
 import torch
 
-from reprlab.attacks import PGD
+from reprlab.core.attacks import PGD
+from reprlab.core.training_methods import TrainSettings, train_classifier
 from reprlab.data import TensorLoader
 from reprlab.models import build_model
 from reprlab.runtime import resolve_device
-from reprlab.train import TrainSettings, train_classifier
 
 
 def parse_args() -> argparse.Namespace:

@@ -41,12 +41,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from reprlab.attacks import PGD
+from reprlab.core.attacks import PGD
+from reprlab.core.training_methods import TrainSettings, train_classifier
 from reprlab.data import TensorLoader
-from reprlab.layerwise import layer_cka
+from reprlab.methods.layerwise import layer_cka
 from reprlab.models import build_model
 from reprlab.runtime import compile_problem, resolve_device
-from reprlab.train import TrainSettings, train_classifier
 
 EPS, STEP = 8 / 255, 2 / 255
 

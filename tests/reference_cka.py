@@ -1,6 +1,7 @@
 """An independent float64 NumPy CKA, written from the papers' formulas, for tests to compare with.
 
-Shares no code with reprlab.similarity: plain Grams of flattened features, the unbiased HSIC of
+Shares no code with reprlab.methods.similarity: plain Grams of flattened features, the unbiased
+HSIC of
 Song et al. (2012) written term by term, the biased HSIC with an explicit centring matrix, and
 minibatch CKA (Nguyen et al. 2021) as the ratio of HSIC sums over batches.
 """

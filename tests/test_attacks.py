@@ -1,4 +1,4 @@
-"""PGD (reprlab.attacks) against a small CNN trained here on a generated, learnable image task.
+"""PGD (reprlab.core.attacks) against a small CNN trained here on a generated, learnable image task.
 
 The task: 10 classes, each a fixed random binary 1×16×16 template (pixel values 0.35 or 0.65)
 plus Gaussian noise (σ = 0.3), clamped to [0, 1]. A two-conv CNN learns it to ~99% in well under a
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reprlab.attacks import PGD, AttackConfigError, robust_accuracy, sample_start
+from reprlab.core.attacks import PGD, AttackConfigError, robust_accuracy, sample_start
 from reprlab.errors import ReprlabError
 from reprlab.models.base import Body, Classifier, sequential_stages
 
@@ -114,7 +114,7 @@ def _reference_pgd(
 
     Π for L∞ clamps each pixel to [max(0, x - ε), min(1, x + ε)] (the exact projection onto the
     cube ∩ box); for L2 it rescales δ with ``torch.renorm`` and then clamps to [0, 1]. The random
-    start replays the recipe documented in :func:`reprlab.attacks.sample_start`.
+    start replays the recipe documented in :func:`reprlab.core.attacks.sample_start`.
     """
     x_adv = x.clone()
     if generator is not None:

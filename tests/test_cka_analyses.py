@@ -15,8 +15,8 @@ from helpers import FAST, run_reprlab
 from reference_cka import cka_matrix
 
 from reprlab.data import TensorLoader, dataset_info, load_tensors
+from reprlab.io.store import load_weights
 from reprlab.models import build_model
-from reprlab.store import load_weights
 
 CKA = ["analysis.examples=120", "analysis.batch_size=40"]
 RECIPE = [*FAST, "model.train.epochs=3", "model.snapshot_epochs=[1,2]"]

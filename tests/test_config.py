@@ -6,19 +6,19 @@ import pytest
 from omegaconf import OmegaConf
 
 from reprlab.analyses import RUNNERS, get_analysis
-from reprlab.cli import compose_config
-from reprlab.config import (
+from reprlab.cli.app import compose_config
+from reprlab.data import available_datasets
+from reprlab.errors import ReprlabError
+from reprlab.io.store import store_key
+from reprlab.models import available_archs
+from reprlab.run.config import (
     GROUPS,
     attack_spec,
     dataset_spec,
     group_options,
     recipe,
 )
-from reprlab.data import available_datasets
-from reprlab.errors import ReprlabError
-from reprlab.models import available_archs
-from reprlab.recipes import model_identity
-from reprlab.store import store_key
+from reprlab.run.recipes import model_identity
 
 NEEDS_REF = {"cka_panels", "stir", "stitching"}
 

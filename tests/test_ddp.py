@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from helpers import FAST, reprlab_env, run_reprlab
 from torch import nn
 
-from reprlab import distributed
+from reprlab.core import distributed
+from reprlab.core.fit import FitSettings, fit
 from reprlab.data import TensorLoader
 from reprlab.errors import ReprlabError
-from reprlab.fit import FitSettings, fit
 
 TRAIN = [*FAST, "analysis=train", "device=cpu"]
 
@@ -103,7 +103,7 @@ def test_devices_beyond_the_machine_are_refused_in_one_line() -> None:
 def test_a_gpu_index_with_several_devices_is_refused_not_ignored() -> None:
     from omegaconf import OmegaConf
 
-    from reprlab.config import TrainerSpec, check_trainer
+    from reprlab.run.config import TrainerSpec, check_trainer
 
     trainer = TrainerSpec(devices=2, sync_batchnorm=False, bf16="auto", channels_last="auto",
                           compile="off")  # fmt: skip
@@ -199,7 +199,7 @@ def _fixed_start_pgd(**kwargs: object) -> object:
     random one: a function of the example alone, so a rank's shard starts where one process
     would, and TRADES' KL has a non-zero gradient there (at x itself it is exactly zero, and the
     sign of float noise would decide the steps)."""
-    from reprlab.attacks import PGD
+    from reprlab.core.attacks import PGD
 
     class FixedStart(PGD):
         def __call__(self, model, x, y=None, *, start=None, **rest):
@@ -213,7 +213,7 @@ def _fixed_start_pgd(**kwargs: object) -> object:
 def _robust_fit(rank: int, world: int, init: str, out: str, method: str) -> None:
     """One rank of a 2-process TRADES/MART training of a BatchNorm-free MLP: the adversary runs
     on each rank's replica, the loss's forward passes through DDP (spawned by the test below)."""
-    from reprlab.train import TrainSettings, train_classifier
+    from reprlab.core.training_methods import TrainSettings, train_classifier
 
     if world > 1:
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)

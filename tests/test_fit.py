@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reprlab.core.fit import FitSettings, fit
 from reprlab.errors import ReprlabError
-from reprlab.fit import FitSettings, fit
 
 CPU = torch.device("cpu")
 CLASSES, SHAPE = 4, (1, 8, 8)

@@ -11,8 +11,8 @@ import torch
 from helpers import FAST, run_reprlab
 
 from reprlab.errors import ReprlabError
-from reprlab.importing import classifier_state
 from reprlab.models import build_model
+from reprlab.run.importing import classifier_state
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -150,10 +150,10 @@ IMPORT = ["model=cnn_small", "dataset=synthetic"]
 
 
 def recipe_key() -> str:
-    from reprlab.cli import compose_config
-    from reprlab.config import dataset_spec, recipe
-    from reprlab.recipes import model_identity
-    from reprlab.store import store_key
+    from reprlab.cli.app import compose_config
+    from reprlab.io.store import store_key
+    from reprlab.run.config import dataset_spec, recipe
+    from reprlab.run.recipes import model_identity
 
     cfg = compose_config(IMPORT)
     return store_key(model_identity(recipe(cfg.model), dataset_spec(cfg.dataset)))
@@ -167,8 +167,8 @@ def synthetic_model(seed: int = 0):
 
 
 def test_import_never_silently_replaces_a_trained_model(tmp_path: Path, capsys) -> None:
-    from reprlab import cli
-    from reprlab.store import ArtifactStore
+    from reprlab.cli import app as cli
+    from reprlab.io.store import ArtifactStore
 
     store = ArtifactStore(tmp_path / "store")
     key = recipe_key()
@@ -204,11 +204,11 @@ def test_import_records_the_files_hash_and_checks_accuracy(tmp_path: Path, capsy
     remapping, and a model at chance is flagged. The store is taken from paths.store."""
     import hashlib
 
-    from reprlab import cli
-    from reprlab.attacks import robust_accuracy
+    from reprlab.cli import app as cli
+    from reprlab.core.attacks import robust_accuracy
+    from reprlab.core.training_methods import TrainSettings, train_classifier
     from reprlab.data import make_loader
-    from reprlab.store import ArtifactStore
-    from reprlab.train import TrainSettings, train_classifier
+    from reprlab.io.store import ArtifactStore
 
     model = synthetic_model(0)
     loader = make_loader("synthetic", ".", "train", batch_size=100, train=True, seed=0)
@@ -241,7 +241,7 @@ def test_import_records_the_files_hash_and_checks_accuracy(tmp_path: Path, capsy
 
 
 def test_non_finite_checkpoints_are_refused(tmp_path: Path, capsys) -> None:
-    from reprlab import cli
+    from reprlab.cli import app as cli
 
     state = synthetic_model(0).state_dict()
     state["net.fc2.weight"] = state["net.fc2.weight"].clone()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from reprlab.analyses.inputs import InputSource
-from reprlab.attacks import PGD
+from reprlab.core.attacks import PGD
 
 
 def _linear(seed: int) -> nn.Module:

@@ -41,7 +41,8 @@ def test_installed_package_ships_its_configs(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import reprlab, reprlab.config as c; print(reprlab.__file__); print(c.config_dir())",
+            "import reprlab, reprlab.run.config as c; print(reprlab.__file__); "
+            "print(c.config_dir())",
         ],
         cwd=tmp_path,
         env=env,

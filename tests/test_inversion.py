@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from reprlab import inversion
+from reprlab.core.taps import fake_relu, last_relu, representation
 from reprlab.errors import ReprlabError
-from reprlab.inversion import Representation
+from reprlab.methods import inversion
+from reprlab.methods.inversion import Representation
 from reprlab.models import Body, Classifier, build_model
-from reprlab.taps import fake_relu, last_relu, representation
 
 SIDE = 6
 D = SIDE * SIDE

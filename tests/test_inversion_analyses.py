@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from helpers import FAST, run_reprlab
 
-from reprlab.cli import main
+from reprlab.cli.app import main
 
 # Every part, tiny: a standard and a robust small CNN on synthetic data.
 TINY = [
@@ -181,8 +181,8 @@ def test_robust_inversions_are_closer_to_their_targets_on_mnist(tmp_path: Path) 
 )
 def test_inversion_experiments_compose_and_validate(experiment: str) -> None:
     from reprlab.analyses.inversion_settings import parts_of, settings
-    from reprlab.cli import compose_config
-    from reprlab.config import recipe
+    from reprlab.cli.app import compose_config
+    from reprlab.run.config import recipe
 
     cfg = compose_config([f"experiment={experiment}"])
     s = settings(cfg)

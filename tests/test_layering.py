@@ -1,4 +1,4 @@
-"""The package's layering (DESIGN.md): who may import whom, and no import circles.
+"""The package's layering: who may import whom, and no import circles.
 
 Reads every module's imports with ``ast`` (function-level imports included), so it checks the
 code as written, not what happens to be imported at run time. A new module must be placed in a
@@ -14,60 +14,27 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "reprlab"
 
-# Layers from the top down; a module may import from its own layer and the layers below it,
-# except where FORBIDDEN says otherwise.
+# Layers from the top down, one package group each; a module may import from its own layer and
+# the layers below it, except where FORBIDDEN says otherwise.
 LAYERS = {
-    "entry": {
-        "reprlab.cli",
-        "reprlab.execute",
-        "reprlab.sweeps",
-        "reprlab.launchers",
-        "reprlab.__main__",
-        "reprlab",
-    },
-    "runners": {"reprlab.analyses"},  # the package: every runner and the shared runner modules
-    "glue": {
-        "reprlab.config",
-        "reprlab.recipes",
-        "reprlab.context",
-        "reprlab.training",
-        "reprlab.importing",
-        "reprlab.ddp",
-    },
-    "computation": {
-        "reprlab.attacks",
-        "reprlab.autoattack",
-        "reprlab.optimize",
-        "reprlab.fit",
-        "reprlab.train",
-        "reprlab.similarity",
-        "reprlab.layerwise",
-        "reprlab.taps",
-        "reprlab.mi",
-        "reprlab.stir",
-        "reprlab.distributed",
-        "reprlab.stitching",
-        "reprlab.inversion",
-    },
-    "files": {
-        "reprlab.store",
-        "reprlab.runs",
-        "reprlab.report",
-        "reprlab.plots",
-        "reprlab.atomic",
-        "reprlab.mounts",
-    },
+    "entry": {"reprlab.cli", "reprlab.__main__", "reprlab"},
+    "runners": {"reprlab.analyses"},  # one runner per analysis and the shared runner modules
+    "glue": {"reprlab.run"},
+    "methods": {"reprlab.methods"},
+    "core": {"reprlab.core"},
+    "files": {"reprlab.io"},
     "substrate": {"reprlab.models", "reprlab.data", "reprlab.runtime", "reprlab.errors"},
 }
 ORDER = list(LAYERS)
 # Third-party packages a layer must never import.
 FORBIDDEN_PACKAGES = {
-    "computation": {"hydra", "omegaconf"},
+    "methods": {"hydra", "omegaconf"},
+    "core": {"hydra", "omegaconf"},
     "files": {"hydra", "omegaconf"},
     "substrate": {"hydra", "omegaconf"},
 }
-# Layers below a layer that it still must not import (DESIGN.md: computation never sees files).
-FORBIDDEN_LAYERS = {"computation": {"files"}}
+# Layers below a layer that it still must not import: computation never sees files.
+FORBIDDEN_LAYERS = {"methods": {"files"}, "core": {"files"}}
 
 
 def module_name(path: Path) -> str:
@@ -199,14 +166,14 @@ def test_no_import_circles() -> None:
 
 
 def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
-    """The checker itself can fail: a computation module importing omegaconf is caught."""
+    """The checker itself can fail: a methods module importing omegaconf is caught."""
     bad = tmp_path / "bad.py"
     bad.write_text(
-        "def f():\n    from omegaconf import OmegaConf\n    from reprlab.store import x\n"
+        "def f():\n    from omegaconf import OmegaConf\n    from reprlab.io.store import x\n"
     )
     names = imports_of("reprlab.bad", bad)
-    assert "omegaconf.OmegaConf" in names and "reprlab.store" in names
-    problems = layer_problems("computation", {"reprlab.store", "reprlab.models"}, names)
-    assert "reprlab.store (files, which computation must never import)" in problems
+    assert "omegaconf.OmegaConf" in names and "reprlab.io.store" in names
+    problems = layer_problems("methods", {"reprlab.io.store", "reprlab.models"}, names)
+    assert "reprlab.io.store (files, which methods must never import)" in problems
     assert "third-party omegaconf.OmegaConf" in problems
     assert not any("reprlab.models" in problem for problem in problems)

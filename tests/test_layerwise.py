@@ -10,9 +10,9 @@ from reference_cka import cka_matrix
 from torch import nn
 
 from reprlab.errors import ReprlabError
-from reprlab.layerwise import Member, joint_layer_cka, layer_cka, tap_features
+from reprlab.methods.layerwise import Member, joint_layer_cka, layer_cka, tap_features
+from reprlab.methods.similarity import MinibatchCKA, cka
 from reprlab.models.base import Body, Classifier, sequential_stages
-from reprlab.similarity import MinibatchCKA, cka
 
 TAPS = ["conv1", "bn1", "relu1", "conv2", "relu2", "pool", "logits"]
 

@@ -1,4 +1,4 @@
-"""MI estimators, worst-case MI and Fano's bound (reprlab.mi; Zhu et al. 2020).
+"""MI estimators, worst-case MI and Fano's bound (reprlab.methods.mi; Zhu et al. 2020).
 
 Science checks: the bounds against independent loops; the DV/InfoNCE estimates of trained
 critics against the known MI of correlated Gaussians, I = −(d/2)·log(1 − ρ²) (an untrained
@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from reprlab import mi
+from reprlab.core.fit import FitSettings
 from reprlab.data import dataset_info, load_tensors
-from reprlab.fit import FitSettings
+from reprlab.methods import mi
 from reprlab.models import build_model
 
 CPU = torch.device("cpu")

@@ -10,9 +10,9 @@ import torch
 import torchvision
 from torch import nn
 
+from reprlab.core.taps import representation
 from reprlab.errors import ReprlabError
 from reprlab.models import Classifier, available_archs, build_model
-from reprlab.taps import representation
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)

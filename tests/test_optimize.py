@@ -14,14 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from reprlab.errors import ReprlabError
-from reprlab.optimize import (
+from reprlab.core.optimize import (
     InputOptimizer,
     OptimizeConfigError,
     compose,
     jitter,
     rotation,
 )
+from reprlab.errors import ReprlabError
 
 SHAPE = (2, 6, 6)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reprlab import plots
+from reprlab.io import plots
 
 
 def test_cka_scale_is_zero_to_one_unless_a_value_is_negative() -> None:

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from test_attacks import NUM_CLASSES, _make_task, _tiny_cnn
 from torch import nn
 
-from reprlab.attacks import PGD, Attack, correct_under, margin, robust_accuracy
-from reprlab.autoattack import AutoAttack
+from reprlab.core.attacks import PGD, Attack, correct_under, margin, robust_accuracy
+from reprlab.core.autoattack import AutoAttack
 from reprlab.errors import ReprlabError
 from reprlab.models.base import Body, Classifier, sequential_stages
 

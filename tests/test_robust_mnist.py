@@ -13,10 +13,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from reprlab.attacks import PGD, correct_under
-from reprlab.autoattack import AutoAttack
-from reprlab.cli import compose_config
-from reprlab.config import recipe
+from reprlab.cli.app import compose_config
+from reprlab.core.attacks import PGD, correct_under
+from reprlab.core.autoattack import AutoAttack
+from reprlab.core.training_methods import train_classifier
 from reprlab.data import (
     TensorLoader,
     check_available,
@@ -25,8 +25,8 @@ from reprlab.data import (
     load_tensors,
 )
 from reprlab.errors import ReprlabError
-from reprlab.recipes import build_for, train_settings
-from reprlab.train import train_classifier
+from reprlab.run.config import recipe
+from reprlab.run.recipes import build_for, train_settings
 
 pytestmark = pytest.mark.slow
 

@@ -15,12 +15,12 @@ from helpers import FAST, run_reprlab
 from test_attacks import _tiny_cnn
 from test_user_errors import BASE, keep_signal_handlers, run_in  # noqa: F401
 
-from reprlab import train
-from reprlab.attacks import PGD
-from reprlab.config import DatasetSpec, ModelRecipe, TrainSpec, ValidationSpec
+from reprlab.core import training_methods as train
+from reprlab.core.attacks import PGD
 from reprlab.data import dataset_info, load_tensors
 from reprlab.errors import ReprlabError
-from reprlab.training import _split_loaders, split_indices
+from reprlab.run.config import DatasetSpec, ModelRecipe, TrainSpec, ValidationSpec
+from reprlab.run.training_job import _split_loaders, split_indices
 
 EPS, STEP, STEPS = 0.1, 0.03, 4
 

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from helpers import FAST, reprlab_env, run_reprlab
 
-from reprlab.cli import compose_config, main
-from reprlab.config import dataset_spec, recipe
+from reprlab.cli.app import compose_config, main
 from reprlab.data.mnist_offline import RAW_FILES
-from reprlab.recipes import model_identity
-from reprlab.store import store_key
+from reprlab.io.store import store_key
+from reprlab.run.config import dataset_spec, recipe
+from reprlab.run.recipes import model_identity
 
 # Long enough (hundreds of epochs) that the run is still training when the signal comes.
 SLOW_TRAINING = [*FAST, "analysis=train", "model.train.epochs=500", "monitor.examples=50"]

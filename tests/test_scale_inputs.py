@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reprlab import launchers
-from reprlab.cli import main
+from reprlab.cli import launchers
+from reprlab.cli.app import main
 from reprlab.errors import ReprlabError
 from reprlab.runtime import compile_problem, resolve_speed
 
@@ -150,10 +150,10 @@ def test_slurm_warns_about_a_local_store() -> None:
 
 def test_trainer_settings_never_change_a_model_store_key() -> None:
     """Speed switches and data parallelism change how a model is trained, not what it is."""
-    from reprlab.cli import compose_config
-    from reprlab.config import dataset_spec, recipe
-    from reprlab.recipes import model_identity
-    from reprlab.store import store_key
+    from reprlab.cli.app import compose_config
+    from reprlab.io.store import store_key
+    from reprlab.run.config import dataset_spec, recipe
+    from reprlab.run.recipes import model_identity
 
     def key(*overrides: str) -> str:
         cfg = compose_config([*BASE, *overrides])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from reprlab import similarity
 from reprlab.errors import ReprlabError
-from reprlab.similarity import MinibatchCKA, cka, gram_stack, hsic, hsic_matrix, linear_gram
+from reprlab.methods import similarity
+from reprlab.methods.similarity import MinibatchCKA, cka, gram_stack, hsic, hsic_matrix, linear_gram
 
 ESTIMATORS = [
     pytest.param({"kernel": "linear", "unbiased": False}, id="linear"),

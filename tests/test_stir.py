@@ -1,4 +1,4 @@
-"""STIR's computation (reprlab.stir): seeds, the IRI search, CKA over the whole set, and the
+"""STIR's computation (reprlab.methods.stir): seeds, the IRI search, CKA over the whole set, and the
 measure's defining property on networks whose invariances are known by construction."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from reference_cka import minibatch_cka
 from torch import nn
 
-from reprlab import stir
 from reprlab.errors import ReprlabError
+from reprlab.methods import stir
 from reprlab.models import Classifier, build_model
 from reprlab.models.base import Body, StagedNet
 

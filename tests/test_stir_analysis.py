@@ -15,10 +15,10 @@ import torch
 from helpers import FAST, run_reprlab
 from reference_cka import minibatch_cka
 
-from reprlab.cli import main
+from reprlab.cli.app import main
 from reprlab.data import dataset_info
+from reprlab.io.store import load_weights
 from reprlab.models import build_model
-from reprlab.store import load_weights
 
 SMALL = [
     "analysis=stir",

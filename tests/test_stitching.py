@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from reprlab import stitching as st
-from reprlab.attacks import PGD, robust_accuracy
+from reprlab.core.attacks import PGD, robust_accuracy
+from reprlab.core.fit import FitSettings
+from reprlab.core.training_methods import TrainSettings, train_classifier
 from reprlab.data import TensorLoader, dataset_info, load_tensors
 from reprlab.errors import ReprlabError
-from reprlab.fit import FitSettings
+from reprlab.methods import stitching as st
 from reprlab.models import build_model
-from reprlab.train import TrainSettings, train_classifier
 from tests.helpers import FAST, run_reprlab
 
 CPU = torch.device("cpu")
@@ -312,7 +312,7 @@ BAD = [
 def test_bad_stitching_input_is_refused_in_one_line_before_anything_is_written(
     tmp_path, monkeypatch, override, message
 ):
-    from reprlab.cli import preflight
+    from reprlab.cli.app import preflight
 
     args = [*FAST, "analysis=stitching", "ref=cnn_small", override]
     if override == "analysis.init=identity":
@@ -340,8 +340,8 @@ def test_bad_stitching_input_exits_2_as_a_process(tmp_path):
 )
 def test_stitching_experiments_compose_and_validate(pair):
     from reprlab.analyses.stitching import settings, stitch_points
-    from reprlab.cli import compose_config
-    from reprlab.config import recipe, recipe_dataset
+    from reprlab.cli.app import compose_config
+    from reprlab.run.config import recipe, recipe_dataset
 
     experiment = "stitching_cifar10" if pair.startswith("cifar") else "stitching_demo"
     cfg = compose_config([f"experiment={experiment}", f"pair={pair}"])
@@ -357,6 +357,6 @@ def test_stitching_experiments_compose_and_validate(pair):
 
 
 def _run_dataset(cfg):
-    from reprlab.config import dataset_spec
+    from reprlab.run.config import dataset_spec
 
     return dataset_spec(cfg.dataset)

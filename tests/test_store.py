@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reprlab import atomic
 from reprlab.errors import ReprlabError
-from reprlab.store import ArtifactStore, TrainingFiles, load_weights, store_key
+from reprlab.io import atomic
+from reprlab.io.store import ArtifactStore, TrainingFiles, load_weights, store_key
 
 WEIGHTS = {"w": torch.arange(6.0).reshape(2, 3)}
 

@@ -25,16 +25,16 @@ import torch
 from helpers import FAST, run_reprlab
 from omegaconf import OmegaConf
 
-from reprlab import cli
-from reprlab.attacks import PGD, robust_accuracy
-from reprlab.cli import compose_config
-from reprlab.config import dataset_spec, recipe
-from reprlab.context import RunContext
+from reprlab.cli import app as cli
+from reprlab.cli.app import compose_config
+from reprlab.core.attacks import PGD, robust_accuracy
 from reprlab.data import make_loader
 from reprlab.errors import ReprlabError
-from reprlab.runs import RunDirectory
+from reprlab.io.runs import RunDirectory
+from reprlab.io.store import ArtifactStore, TrainingFiles, store_key
+from reprlab.run.config import dataset_spec, recipe
+from reprlab.run.context import RunContext
 from reprlab.runtime import seeded_generator
-from reprlab.store import ArtifactStore, TrainingFiles, store_key
 
 # A robust recipe trained while the run's own attack group is something else entirely (L2): the
 # training monitor must not care.
@@ -396,7 +396,7 @@ def test_checkpoints_are_fsynced(tmp_path: Path, monkeypatch) -> None:
 
 def test_changing_an_architectures_layers_changes_the_key(monkeypatch) -> None:
     from reprlab.models import base
-    from reprlab.recipes import model_identity
+    from reprlab.run.recipes import model_identity
 
     cfg = compose_config(["dataset=synthetic", "model=cnn_small"])
     spec, dataset = recipe(cfg.model), dataset_spec(cfg.dataset)

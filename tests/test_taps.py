@@ -10,9 +10,9 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from torch import nn
 
+from reprlab.core.taps import TapRecorder, describe_taps, representation
 from reprlab.errors import ReprlabError
 from reprlab.models import Body, Classifier, TapError, select_taps, sequential_stages
-from reprlab.taps import TapRecorder, describe_taps, representation
 
 MEAN, STD = (0.5,), (0.25,)
 

@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from reprlab.attacks import PGD, robust_accuracy
+from reprlab.core.attacks import PGD, robust_accuracy
+from reprlab.core.fit import lr_factor
+from reprlab.core.training_methods import TrainSettings, train_classifier
 from reprlab.data import TensorLoader, dataset_info, load_tensors
-from reprlab.fit import lr_factor
 from reprlab.models import build_model
-from reprlab.train import TrainSettings, train_classifier
 
 CPU = torch.device("cpu")
 

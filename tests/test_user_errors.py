@@ -1,6 +1,6 @@
 """Every bad input is one line, exit 2, nothing written (issue 7, items 5 and 10).
 
-The CLI is called in-process (``reprlab.cli.main``): a bad input must be refused by the checks
+The CLI is called in-process (``reprlab.cli.app.main``): a bad input must be refused by the checks
 that run before Hydra starts, so no job, directory or store entry is ever created. The run
 directory would land in the test's working directory (``paths.outputs`` is relative), which must
 stay empty.
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from reprlab.analyses import validate_run
-from reprlab.cli import compose_config, main
-from reprlab.config import MAX_SEED, group_options, recipe
+from reprlab.cli.app import compose_config, main
 from reprlab.errors import ReprlabError
+from reprlab.run.config import MAX_SEED, group_options, recipe
 
 BASE = ["dataset=synthetic", "model=cnn_small", "analysis=train", "progress=false"]
 
@@ -165,8 +165,8 @@ def test_hydra_errors_are_whole_lines() -> None:
 
 
 def test_weights_that_do_not_fit_name_the_keys(tmp_path: Path) -> None:
-    from reprlab.context import RunContext
-    from reprlab.runs import RunDirectory
+    from reprlab.io.runs import RunDirectory
+    from reprlab.run.context import RunContext
 
     cfg = compose_config([*BASE, f"paths.outputs={tmp_path / 'outputs'}"])
     ctx = RunContext(cfg, RunDirectory(tmp_path / "run"))

@@ -20,7 +20,7 @@ from reprlab.errors import ReprlabError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from reprlab.context import RunContext
+    from reprlab.run.context import RunContext
 
 RUNNERS = {
     "train": "reprlab.analyses.train",
@@ -71,7 +71,7 @@ def validate_run(cfg: DictConfig) -> None:
     """Check a composed run config: what every run shares, the analysis's own schema, then that
     the dataset is on disk. Raises ReprlabError (one line) on the first problem; writes nothing.
     """
-    from reprlab.config import check_data, validate
+    from reprlab.run.config import check_data, validate
 
     validate(cfg)
     analysis = get_analysis(cfg.analysis.name)

@@ -1,7 +1,7 @@
 """What the three CKA analyses share: their typed settings, the joint computation, the outputs.
 
 Not an analysis itself; ``cka``, ``cka_panels`` and ``cka_epochs`` each import it. Inputs come
-from :mod:`reprlab.analyses.inputs`, the estimator from :mod:`reprlab.layerwise`.
+from :mod:`reprlab.analyses.inputs`, the estimator from :mod:`reprlab.methods.layerwise`.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from reprlab import plots
 from reprlab.analyses import inputs
 from reprlab.analyses.inputs import ATTACK_TARGETS, INPUT_KINDS, InputSource
-from reprlab.config import check_choice, check_positive, recipe, typed
-from reprlab.context import RunContext
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
-from reprlab.layerwise import JointCKA, LayerCKA, Member, joint_layer_cka
+from reprlab.io import plots
+from reprlab.methods.layerwise import JointCKA, LayerCKA, Member, joint_layer_cka
+from reprlab.methods.similarity import KERNELS
 from reprlab.models import Classifier, select_taps
-from reprlab.recipes import build_for
-from reprlab.similarity import KERNELS
+from reprlab.run.config import check_choice, check_positive, recipe, typed
+from reprlab.run.context import RunContext
+from reprlab.run.recipes import build_for
 
 log = logging.getLogger("reprlab")
 

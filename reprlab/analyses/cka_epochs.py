@@ -16,13 +16,13 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from reprlab import plots
 from reprlab.analyses import cka_common as common
 from reprlab.analyses.cka_common import CKASettings
-from reprlab.config import recipe
-from reprlab.context import RunContext
 from reprlab.errors import ReprlabError
-from reprlab.layerwise import Member
+from reprlab.io import plots
+from reprlab.methods.layerwise import Member
+from reprlab.run.config import recipe
+from reprlab.run.context import RunContext
 
 
 @dataclass

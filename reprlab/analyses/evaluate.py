@@ -25,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from reprlab import plots
 from reprlab.analyses import inputs
-from reprlab.attacks import correct_under
-from reprlab.autoattack import AutoAttack
-from reprlab.config import (
+from reprlab.core.attacks import correct_under
+from reprlab.core.autoattack import AutoAttack
+from reprlab.data import dataset_info
+from reprlab.errors import ReprlabError
+from reprlab.io import plots
+from reprlab.run.config import (
     AttackSpec,
     AutoAttackSpec,
     attack_spec,
@@ -40,10 +42,8 @@ from reprlab.config import (
     group_options,
     typed,
 )
-from reprlab.context import RunContext
-from reprlab.data import dataset_info
-from reprlab.errors import ReprlabError
-from reprlab.recipes import describe_adversary, make_attack
+from reprlab.run.context import RunContext
+from reprlab.run.recipes import describe_adversary, make_attack
 from reprlab.runtime import module_mode
 
 DEFAULT_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reprlab.config import DatasetSpec
-from reprlab.context import RunContext
 from reprlab.errors import ReprlabError
+from reprlab.run.config import DatasetSpec
+from reprlab.run.context import RunContext
 from reprlab.runtime import seeded_generator
 
 log = logging.getLogger("reprlab")

@@ -2,7 +2,7 @@
 
 Each ``run_<part>(s, cfg, ctx, members)`` draws its seeded inputs, obtains every model's
 optimised inputs from the store (computing them once), writes the CSVs and figures of its part
-into the run directory and returns its summary. The maths is :mod:`reprlab.inversion`.
+into the run directory and returns its summary. The maths is :mod:`reprlab.methods.inversion`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from reprlab import inversion, plots
 from reprlab.analyses import inputs
 from reprlab.analyses import inversion_settings as config
 from reprlab.analyses.inversion_settings import Settings
-from reprlab.context import LoadedModel, RunContext
+from reprlab.core.optimize import compose, jitter, rotation
 from reprlab.errors import ReprlabError
-from reprlab.inversion import Representation
-from reprlab.optimize import compose, jitter, rotation
+from reprlab.io import plots
+from reprlab.methods import inversion
+from reprlab.methods.inversion import Representation
+from reprlab.run.context import LoadedModel, RunContext
 
 log = logging.getLogger("reprlab")
 

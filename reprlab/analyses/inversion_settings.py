@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from reprlab.config import check_choice, check_non_negative, check_positive, recipe, typed
+from reprlab.core.taps import last_relu
 from reprlab.data import available_datasets, check_available, dataset_info
 from reprlab.errors import ReprlabError
-from reprlab.inversion import Representation
+from reprlab.methods.inversion import Representation
 from reprlab.models import Classifier, select_taps
-from reprlab.recipes import build_for
-from reprlab.taps import last_relu
+from reprlab.run.config import check_choice, check_non_negative, check_positive, recipe, typed
+from reprlab.run.recipes import build_for
 
 PARTS = ("inversion", "repr_distance", "feature_vis", "feature_manip", "interpolation")
 """The five analyses, in the paper's order; ``inversion_study`` runs any of them together."""

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from reprlab.analyses import inversion_settings as config
 from reprlab.analyses.inversion_parts import PART_RUNNERS, members
-from reprlab.context import RunContext
+from reprlab.run.context import RunContext
 from reprlab.runtime import module_mode
 
 

@@ -1,6 +1,6 @@
 """``analysis=stir``: shared invariance between networks (STIR, Nanda et al., ICML 2022).
 
-Three forms, one computation (:mod:`reprlab.stir`):
+Three forms, one computation (:mod:`reprlab.methods.stir`):
 
 - a pair, ``model=<m1> ref=<m2>``: STIR(ref | model), STIR(model | ref) and CKA(model, ref) on
   the same inputs, each as mean ± std over ``analysis.repeats`` draws of the seed images, with the
@@ -29,10 +29,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from reprlab import plots
-from reprlab import stir as compute
 from reprlab.analyses import inputs
-from reprlab.config import (
+from reprlab.data import dataset_info
+from reprlab.errors import ReprlabError
+from reprlab.io import plots
+from reprlab.methods import stir as compute
+from reprlab.models import Classifier, select_taps
+from reprlab.run.config import (
     check_choice,
     check_non_negative,
     check_positive,
@@ -42,11 +45,8 @@ from reprlab.config import (
     recipe_named,
     typed,
 )
-from reprlab.context import LoadedModel, RunContext
-from reprlab.data import dataset_info
-from reprlab.errors import ReprlabError
-from reprlab.models import Classifier, select_taps
-from reprlab.recipes import build_for, describe_adversary
+from reprlab.run.context import LoadedModel, RunContext
+from reprlab.run.recipes import build_for, describe_adversary
 from reprlab.runtime import seeded_generator
 
 log = logging.getLogger("reprlab")

@@ -8,7 +8,8 @@ against the end model, agreement with the end model's predictions, the CKA with 
 activations at the layer after the stitch, and the same for the untrained least-squares stitch
 (direct matching). Every stitch (and every least-squares solution) is a store artifact of its
 own, keyed by both models' keys, the taps and the settings; the missing ones are produced
-together (one front pass per batch for all points, :func:`reprlab.stitching.train_stitches`).
+together (one front pass per batch for all points,
+:func:`reprlab.methods.stitching.train_stitches`).
 """
 
 from __future__ import annotations
@@ -23,28 +24,14 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from reprlab import plots
 from reprlab.analyses import inputs
-from reprlab.attacks import PGD, robust_accuracy
-from reprlab.config import (
-    AdversarySpec,
-    check_choice,
-    check_non_negative,
-    check_positive,
-    check_radius,
-    dataset_spec,
-    recipe,
-    recipe_dataset,
-    typed,
-)
-from reprlab.context import LoadedModel, RunContext
+from reprlab.core.attacks import PGD, robust_accuracy
+from reprlab.core.fit import FROZEN_BN_MODES, OPTIMIZERS, SCHEDULES, FitSettings
+from reprlab.core.optimize import NORMS
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
-from reprlab.fit import FROZEN_BN_MODES, OPTIMIZERS, SCHEDULES, FitSettings
-from reprlab.models import Classifier
-from reprlab.optimize import NORMS
-from reprlab.recipes import build_for, describe_adversary, make_adversary
-from reprlab.stitching import (
+from reprlab.io import plots
+from reprlab.methods.stitching import (
     INITS,
     STITCH_KINDS,
     StitchedModel,
@@ -59,6 +46,20 @@ from reprlab.stitching import (
     train_stitches,
     with_buffers,
 )
+from reprlab.models import Classifier
+from reprlab.run.config import (
+    AdversarySpec,
+    check_choice,
+    check_non_negative,
+    check_positive,
+    check_radius,
+    dataset_spec,
+    recipe,
+    recipe_dataset,
+    typed,
+)
+from reprlab.run.context import LoadedModel, RunContext
+from reprlab.run.recipes import build_for, describe_adversary, make_adversary
 
 log = logging.getLogger("reprlab")
 

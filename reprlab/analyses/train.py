@@ -13,10 +13,10 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from reprlab import plots
-from reprlab.config import typed
-from reprlab.context import RunContext
-from reprlab.recipes import describe_adversary
+from reprlab.io import plots
+from reprlab.run.config import typed
+from reprlab.run.context import RunContext
+from reprlab.run.recipes import describe_adversary
 
 
 @dataclass

@@ -2,10 +2,10 @@
 representations"): inversion, the representation-distance curve, feature visualisation, feature
 manipulation and interpolation.
 
-Every optimisation here is :class:`reprlab.optimize.InputOptimizer` with L2-normalised steps in
+Every optimisation here is :class:`reprlab.core.optimize.InputOptimizer` with L2-normalised steps in
 the [0, 1] image box (or an L2 ball around a source image for the distance curve), on a
 :class:`Representation`: a model's activation at one tap, flattened, differentiable in the input,
-optionally with the `robustness` library's ``fake_relu`` (:func:`reprlab.taps.fake_relu`).
+optionally with the `robustness` library's ``fake_relu`` (:func:`reprlab.core.taps.fake_relu`).
 Distances in representation space are relative, ``‖R(x) − r‖₂ / ‖r‖₂`` (the paper's loss);
 distances in pixel space are L2 in [0, 1] pixel units and SSIM (``torchmetrics``).
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from reprlab.core.optimize import InputOptimizer, OptimResult, Transform
+from reprlab.core.taps import fake_relu as fake_relu_context
 from reprlab.models import Classifier
-from reprlab.optimize import InputOptimizer, OptimResult, Transform
-from reprlab.taps import fake_relu as fake_relu_context
 
 SEED_MEAN = 0.5
 SEED_STD = 1 / 20
@@ -38,7 +38,7 @@ class Representation:
 
     Differentiable in ``x``; runs the model only up to ``tap``, in its current mode (callers put
     it in eval mode). ``fake_relu``: the last ReLU before the tap passes gradient as the identity
-    (:func:`reprlab.taps.fake_relu`); values are unchanged.
+    (:func:`reprlab.core.taps.fake_relu`); values are unchanged.
     """
 
     model: Classifier
@@ -238,8 +238,9 @@ def visualise_features(
     """Maximise coordinate ``coordinates[i]`` of ``R`` from ``starts[i]``, for every i.
 
     Engstrom et al. 2019, Sec. 4.1: L2-normalised steps in the box (paper: 200 steps of 1).
-    ``transform`` (e.g. :func:`reprlab.optimize.jitter` composed with
-    :func:`~reprlab.optimize.rotation`) makes it the regularised visualisation of standard models
+    ``transform`` (e.g. :func:`reprlab.core.optimize.jitter` composed with
+    :func:`~reprlab.core.optimize.rotation`) makes it the regularised visualisation of standard
+    models
     the paper compares against; then the last iterate is returned (values of transformed inputs
     do not rank iterates), otherwise the best. ``value``: the coordinate reached [n].
     """

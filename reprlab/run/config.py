@@ -17,13 +17,13 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from reprlab.attacks import PGD_LOSSES
-from reprlab.autoattack import AA_COMPONENTS, AA_VERSIONS
+from reprlab.core.attacks import PGD_LOSSES
+from reprlab.core.autoattack import AA_COMPONENTS, AA_VERSIONS
+from reprlab.core.fit import OPTIMIZERS, SCHEDULES
+from reprlab.core.optimize import NORMS
+from reprlab.core.training_methods import TRAINING_METHODS
 from reprlab.errors import ReprlabError
-from reprlab.fit import OPTIMIZERS, SCHEDULES
-from reprlab.optimize import NORMS
 from reprlab.runtime import MODES as MODEL_MODES
-from reprlab.train import TRAINING_METHODS
 
 GROUPS = ("dataset", "model", "attack", "analysis", "ref", "pair", "experiment")
 """Config groups a user picks options from; ``ref`` offers the same options as ``model``."""
@@ -634,7 +634,7 @@ def check_trainer(trainer: TrainerSpec, device: Any, cfg: DictConfig) -> None:
     """Raise ReprlabError unless the ``trainer`` settings can run on ``device`` here: the speed
     switches (:func:`reprlab.runtime.resolve_speed`), SyncBatchNorm (CUDA only), that many
     devices present, and every trained recipe's batch size splitting evenly over them."""
-    from reprlab.distributed import check_devices
+    from reprlab.core.distributed import check_devices
     from reprlab.runtime import resolve_speed
 
     if trainer.devices > 1 and device.type == "cuda" and device.index is not None:

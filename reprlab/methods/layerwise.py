@@ -2,7 +2,8 @@
 
 Reproduces the heatmaps of Cianfarani et al. (NeurIPS 2022): CKA between every pair of taps of
 one network, or between the taps of two networks, on clean or adversarial inputs. Activations of
-one batch at a time are reduced to Grams and fed to :class:`~reprlab.similarity.MinibatchCKA`;
+one batch at a time are reduced to Grams and fed to
+:class:`~reprlab.methods.similarity.MinibatchCKA`;
 the dataset's activations are never held, so memory is bounded by one batch.
 """
 
@@ -15,9 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from reprlab.errors import ReprlabError
+from reprlab.methods.similarity import MinibatchCKA, gram_stack
 from reprlab.models.base import Classifier, select_taps
 from reprlab.runtime import module_mode
-from reprlab.similarity import MinibatchCKA, gram_stack
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def joint_layer_cka(
     of every tensor must come from the same source example). Per batch, each member runs one
     forward pass in eval mode under ``torch.no_grad()`` and its taps are reduced to Grams at once;
     each group's members' Grams then feed that group's
-    :class:`~reprlab.similarity.MinibatchCKA`, so all blocks of a group come from the same
+    :class:`~reprlab.methods.similarity.MinibatchCKA`, so all blocks of a group come from the same
     estimator and the same examples. ``groups`` lists member labels (default: one group of all
     members); asking only for the pairs needed (e.g. each epoch with the final one) keeps the
     cost linear in the number of members instead of quadratic. Memory is bounded by one batch's
@@ -275,7 +276,7 @@ def layer_cka(
         Optional second stream fed to ``model_b`` (or to ``model_a`` again when ``model_b`` is
         None), batch for batch with ``batches``; e.g. clean vs adversarial inputs.
     kernel, unbiased, rbf_threshold:
-        Estimator, see :class:`~reprlab.similarity.MinibatchCKA`.
+        Estimator, see :class:`~reprlab.methods.similarity.MinibatchCKA`.
     pool:
         Global-average-pool conv maps [n, c, h, w] to [n, c] instead of flattening them.
     progress:

@@ -1,7 +1,8 @@
 """The one fit loop: train given modules' parameters, batch by batch, against frozen modules.
 
 Every study that trains something runs this loop with its own step function: classifiers
-(standard or PGD adversarial training, :func:`reprlab.train.train_classifier`), stitching layers
+(standard or PGD adversarial training, :func:`reprlab.core.training_methods.train_classifier`),
+stitching layers
 between two frozen networks, MI critics and downstream linear/MLP heads on frozen encoders.
 
 Pure computation: modules, a loader and plain settings in; the per-epoch history out. It never
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reprlab import distributed
+from reprlab.core import distributed
 from reprlab.errors import ReprlabError
 from reprlab.runtime import module_mode
 
@@ -189,7 +190,7 @@ def fit(
     modules are restored on return.
 
     Data parallel: run one fit per rank of an initialised process group, with ``step`` calling
-    the DDP wrapper and ``batches`` the rank's shard (:mod:`reprlab.distributed`). The epoch's
+    the DDP wrapper and ``batches`` the rank's shard (:mod:`reprlab.core.distributed`). The epoch's
     sums (loss, stats, examples) are then summed over the ranks, so every rank's record
     describes the global epoch; each rank's step generator is its own (rank 0's is a one-process
     run's).

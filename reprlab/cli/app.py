@@ -66,7 +66,7 @@ def check_group_choices(overrides: Sequence[str]) -> None:
     """Raise ReprlabError for ``group=option`` overrides naming an option that does not exist."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from reprlab.config import GROUPS, group_options
+    from reprlab.run.config import GROUPS, group_options
 
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         group = override.key_or_group
@@ -144,7 +144,7 @@ def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> Any
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from reprlab.config import config_dir
+    from reprlab.run.config import config_dir
 
     _register_config_extras()
     try:
@@ -165,7 +165,7 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
     """
     from omegaconf.errors import OmegaConfBaseException
 
-    from reprlab import atomic
+    from reprlab.io import atomic
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     node = cfg.hydra.sweep if multirun else cfg.hydra.run
@@ -195,8 +195,8 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
     """
     from hydra.errors import HydraException
 
-    from reprlab import launchers
     from reprlab.analyses import validate_run
+    from reprlab.cli import launchers
 
     try:
         check_group_choices(overrides)
@@ -254,8 +254,8 @@ def _register_config_extras() -> None:
         return
     from omegaconf import OmegaConf
 
-    from reprlab.config import register_ref_group, register_resolvers
-    from reprlab.runs import RUN_ID
+    from reprlab.io.runs import RUN_ID
+    from reprlab.run.config import register_ref_group, register_resolvers
 
     register_ref_group()
     register_resolvers()
@@ -268,8 +268,8 @@ def _hydra_task(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from reprlab import sweeps
-    from reprlab.execute import execute
+    from reprlab.cli import sweeps
+    from reprlab.cli.execute import execute
 
     _register_config_extras()  # a launcher plugin may run this job in a fresh process
     hydra_cfg = HydraConfig.get()
@@ -296,7 +296,7 @@ def run_command(args: Sequence[str]) -> int:
     Exit codes: 0 done; 2 a bad input (nothing written); 1 a run or some sweep jobs failed;
     130/143 interrupted by SIGINT/SIGTERM (run.json says so).
     """
-    from reprlab.execute import install_signal_handlers
+    from reprlab.cli.execute import install_signal_handlers
 
     install_signal_handlers()
     overrides, multirun, info_only = split_hydra_args(args)
@@ -309,8 +309,8 @@ def run_command(args: Sequence[str]) -> int:
             return fail(str(err))
     import hydra
 
-    from reprlab import sweeps
-    from reprlab.config import config_dir
+    from reprlab.cli import sweeps
+    from reprlab.run.config import config_dir
 
     _register_config_extras()
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
@@ -340,7 +340,7 @@ def store_root(args: argparse.Namespace, cfg: Any = None) -> str:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from reprlab.store import ArtifactStore
+    from reprlab.io.store import ArtifactStore
 
     return ArtifactStore(store_root(args))
 
@@ -358,7 +358,7 @@ def _adversary_text(recipe: dict[str, Any]) -> str | None:
 def cache_ls(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from reprlab.report import print_table
+    from reprlab.io.report import print_table
 
     store = _store(args)
     rows = []
@@ -437,7 +437,7 @@ def cache_verify(args: argparse.Namespace) -> int:
 
 
 def cache_import(args: argparse.Namespace) -> int:
-    from reprlab.importing import import_checkpoint
+    from reprlab.run.importing import import_checkpoint
 
     if args.examples < 0:
         raise ReprlabError(f"--examples={args.examples} is invalid: it must be >= 0")
@@ -477,7 +477,7 @@ def cache_import(args: argparse.Namespace) -> int:
 
 
 def format_taps(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Text table of :func:`reprlab.taps.describe_taps` rows: tap, kind, shape and marks."""
+    """Text table of :func:`reprlab.core.taps.describe_taps` rows: tap, kind, shape and marks."""
     widths = [max(len(h), *(len(str(r[k])) for r in rows)) for h, k in
               (("tap", "tap"), ("kind", "kind"), ("shape", "shape"))]  # fmt: skip
     lines = [f"{'tap':<{widths[0]}}  {'kind':<{widths[1]}}  {'shape':<{widths[2]}}  marks"]
@@ -501,10 +501,10 @@ def taps_command(args: argparse.Namespace) -> int:
     """
     from hydra.errors import HydraException
 
-    from reprlab.config import dataset_spec, recipe
-    from reprlab.context import build_for
+    from reprlab.core.taps import describe_taps
     from reprlab.data import dataset_info
-    from reprlab.taps import describe_taps
+    from reprlab.run.config import dataset_spec, recipe
+    from reprlab.run.context import build_for
 
     try:
         check_group_choices(args.overrides)
@@ -534,7 +534,7 @@ def taps_command(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from reprlab.report import gather_runs, print_table, write_report
+    from reprlab.io.report import gather_runs, print_table, write_report
 
     root = Path(args.runs_dir)
     if root.exists() and not root.is_dir():
@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``reprlab`` console script and ``python -m reprlab``."""
-    from reprlab.execute import Interrupted
+    from reprlab.cli.execute import Interrupted
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -1,8 +1,9 @@
-"""One rank of a data-parallel training job: ``torchrun ... -m reprlab.ddp <job.json>``.
+"""One rank of a data-parallel training job: ``torchrun ... -m reprlab.run.ddp <job.json>``.
 
-Started by :func:`reprlab.training.train_in_processes` (never by hand): the parent holds the
+Started by :func:`reprlab.run.training_job.train_in_processes` (never by hand): the parent holds the
 store entry's lock and wrote the job. Every rank joins the process group, builds the same model
-and loaders, and runs :func:`reprlab.training.train_recipe` on its shard; rank 0 alone writes the
+and loaders, and runs :func:`reprlab.run.training_job.train_recipe` on its shard; rank 0 alone
+writes the
 entry's checkpoints, snapshots and metrics (the parent then seals the entry).
 """
 
@@ -16,13 +17,13 @@ from typing import Any
 
 import torch.distributed as dist
 
-from reprlab import distributed
-from reprlab.config import DatasetSpec, ModelRecipe, typed
+from reprlab.core import distributed
 from reprlab.data import dataset_info
-from reprlab.recipes import monitor_attack
+from reprlab.io.store import TrainingFiles
+from reprlab.run.config import DatasetSpec, ModelRecipe, typed
+from reprlab.run.recipes import monitor_attack
+from reprlab.run.training_job import Monitor, Trainer, train_recipe
 from reprlab.runtime import SpeedSwitches, seed_everything
-from reprlab.store import TrainingFiles
-from reprlab.training import Monitor, Trainer, train_recipe
 
 
 class ReadOnlyFiles:

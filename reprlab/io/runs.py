@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from reprlab import atomic
+from reprlab.io import atomic
 
 RUN_ID = uuid.uuid4().hex[:6]
 """This process's run id: part of every run directory name, so concurrent jobs never collide."""
@@ -28,7 +28,7 @@ PACKAGES = ("reprlab", "torch", "torchvision", "hydra-core", "omegaconf", "numpy
 
 def git_state(cwd: Path | None = None) -> dict[str, Any]:
     """The git commit of the reprlab source tree and whether it has uncommitted changes."""
-    source = cwd or Path(__file__).resolve().parent.parent
+    source = cwd or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10

@@ -10,7 +10,8 @@ BatchNorm (Bansal et al. 2021), and the least-squares "direct matching" stitch (
 Pure computation (tensors, modules and plain settings in; tensors and histories out): the stitch
 layers (:class:`Stitch`), the least-squares solution (:class:`MomentAccumulator`,
 :func:`solve_affine`, :func:`least_squares`), the stitched network (:class:`StitchedModel`, a
-plain ``nn.Module`` that attacks and :func:`~reprlab.attacks.robust_accuracy` treat as any model)
+plain ``nn.Module`` that attacks and :func:`~reprlab.core.attacks.robust_accuracy` treat as any
+model)
 and the training of every stitch point at once (:func:`train_stitches`, on the one fit loop).
 
 Cost of training P stitch points, per batch, in passes (forward F, backward B of a network part):
@@ -37,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reprlab.attacks import PGD
+from reprlab.core.attacks import PGD
+from reprlab.core.fit import EpochBatches, FitSettings, fit
 from reprlab.errors import ReprlabError
-from reprlab.fit import EpochBatches, FitSettings, fit
+from reprlab.methods.similarity import MinibatchCKA
 from reprlab.models import Classifier
 from reprlab.runtime import module_mode
-from reprlab.similarity import MinibatchCKA
 
 STITCH_KINDS = ("conv", "bn_conv_bn")
 """``conv``: an affine 1×1 convolution with bias (a linear layer with bias for flat [n, d]
@@ -309,7 +310,8 @@ def solve_affine(acc: MomentAccumulator, ridge: float = DEFAULT_RIDGE) -> dict[s
 class StitchedModel(nn.Module):
     """``end.back(stitch(front.front(x, front_tap)), end_tap)``: pixels in [0, 1] to logits.
 
-    A plain module: attacks, :func:`~reprlab.attacks.robust_accuracy` and the mode helpers treat
+    A plain module: attacks, :func:`~reprlab.core.attacks.robust_accuracy` and the mode helpers
+    treat
     it as any classifier (its parameters are the donors' and the stitch's; nothing here trains).
     ``front`` and ``end`` may be the same network (a model stitched with itself).
     """
@@ -469,7 +471,7 @@ def train_stitches(
     progress: bool = True,
 ) -> TrainedStitches:
     """Train the stitch of every point in ``points`` (in place) with ONE pass of the front model
-    per batch, by :func:`reprlab.fit.fit`; the donors stay frozen.
+    per batch, by :func:`reprlab.core.fit.fit`; the donors stay frozen.
 
     Each batch: the front runs once up to the deepest front tap (``features``); each point's
     stitch and the end model's back half after its tap run on that point's activation; the loss
@@ -489,7 +491,7 @@ def train_stitches(
     ``frozen_bn="train"`` the front then runs per point on its own mixed batch (batch statistics
     depend on it), with that point's own front statistics.
 
-    ``resume``/``on_epoch_end``: as :func:`reprlab.fit.fit` (the state's modules are named by
+    ``resume``/``on_epoch_end``: as :func:`reprlab.core.fit.fit` (the state's modules are named by
     point).
     """
     if not 0.0 <= alpha <= 1.0:

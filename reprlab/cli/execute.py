@@ -100,8 +100,8 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     from reprlab.analyses import get_analysis, validate_run
-    from reprlab.context import RunContext
-    from reprlab.runs import RunDirectory
+    from reprlab.io.runs import RunDirectory
+    from reprlab.run.context import RunContext
     from reprlab.runtime import seed_everything
 
     hydra_cfg = HydraConfig.get()

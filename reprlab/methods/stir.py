@@ -16,8 +16,8 @@ last batch only, CKA here is computed over all N inputs: exactly (Kornblith et a
 one Gram of all N) or, for large N, with the unbiased minibatch estimator (Nguyen et al. 2021).
 
 Computation only: no configs, files or stores. The search runs on
-:class:`reprlab.optimize.InputOptimizer`; the objective stops the forward pass at the tap
-(:meth:`reprlab.models.Classifier.features`); CKA comes from :mod:`reprlab.similarity`.
+:class:`reprlab.core.optimize.InputOptimizer`; the objective stops the forward pass at the tap
+(:meth:`reprlab.models.Classifier.features`); CKA comes from :mod:`reprlab.methods.similarity`.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from reprlab.core.fit import requires_grad_off
+from reprlab.core.optimize import InputOptimizer
 from reprlab.errors import ReprlabError
-from reprlab.fit import requires_grad_off
+from reprlab.methods.similarity import MinibatchCKA, cka
 from reprlab.models import Classifier
-from reprlab.optimize import InputOptimizer
 from reprlab.runtime import module_mode
-from reprlab.similarity import MinibatchCKA, cka
 
 SEED_KINDS = ("normal", "uniform", "shared", "reversed")
 """Seed images: ``normal`` i.i.d. N(0, 1) per pixel and image (the authors' default), ``uniform``
@@ -138,7 +138,7 @@ def find_iris(
     """Inputs X′ that ``model`` represents at ``tap`` like ``x`` (Nanda et al. 2022, Sec. 3).
 
     Per image, minimises ``‖m(x′) − m(x)‖₂ / ‖m(x)‖₂`` from ``seeds`` (same shape as ``x``) with
-    :class:`~reprlab.optimize.InputOptimizer`: ``steps`` L2-normalised gradient steps of
+    :class:`~reprlab.core.optimize.InputOptimizer`: ``steps`` L2-normalised gradient steps of
     ``step_size`` (pixel units), the [0, 1] box the only constraint, the best iterate per image
     kept (the seed included). Images are optimised ``batch_size`` at a time; each image's result
     is independent of the batching (the model runs in eval mode). The forward pass stops at

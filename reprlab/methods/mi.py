@@ -25,7 +25,7 @@ representation) pairs of the batch; the diagonal pairs are samples of the joint 
 others of the product of marginals, and the bound is averaged over locations.
 
 Computation only: tensors and modules in, tensors and numbers out. Every training loop runs on
-:func:`reprlab.fit.fit`, every input search on :class:`reprlab.optimize.InputOptimizer`.
+:func:`reprlab.core.fit.fit`, every input search on :class:`reprlab.core.optimize.InputOptimizer`.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reprlab.attacks import PGD
+from reprlab.core.attacks import PGD
+from reprlab.core.fit import EpochBatches, FitSettings, fit
+from reprlab.core.optimize import NORMS, InputOptimizer
 from reprlab.errors import ReprlabError
-from reprlab.fit import EpochBatches, FitSettings, fit
 from reprlab.models import Classifier
-from reprlab.optimize import NORMS, InputOptimizer
 from reprlab.runtime import module_mode
 
 ESTIMATORS = ("dv", "jsd", "infonce")
@@ -335,7 +335,7 @@ class WorstCase:
 
     @property
     def optimizer(self) -> InputOptimizer:
-        """This search as a preset of :class:`~reprlab.optimize.InputOptimizer`."""
+        """This search as a preset of :class:`~reprlab.core.optimize.InputOptimizer`."""
         return InputOptimizer(
             steps=self.steps,
             step_size=self.step_size,
@@ -434,7 +434,7 @@ def fit_mi(
     ``True``: encoder and critic are trained together (the learning principle: normal-case MI
     maximisation, i.e. Deep InfoMax, or worst-case MI maximisation with ``search``).
 
-    History (per epoch, see :func:`reprlab.fit.fit`): ``train_mi`` (the mean bound on the
+    History (per epoch, see :func:`reprlab.core.fit.fit`): ``train_mi`` (the mean bound on the
     training batches, at the searched inputs with ``search``) and, with ``heldout`` (a sequence
     of batches), ``heldout_mi``: the bound on them after the epoch, searched again against the
     epoch's critic in the worst case. The estimate of Zhu et al. is the last ``heldout_mi``.
@@ -571,7 +571,7 @@ def fit_head(
     ``adversary`` None: standard training on clean batches (x, y); otherwise each batch is
     replaced by the adversary's examples against the whole composition (adversarial training of
     the head on a fixed representation, as the authors' ``train-classifier`` task). History as
-    :func:`reprlab.fit.fit`, with ``train_acc``.
+    :func:`reprlab.core.fit.fit`, with ``train_acc``.
     """
 
     def step(batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:

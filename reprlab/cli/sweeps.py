@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from reprlab import atomic
-from reprlab.report import gather_runs, print_table, write_report
+from reprlab.io import atomic
+from reprlab.io.report import gather_runs, print_table, write_report
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ the run directory.
 
 The run context is the one place a runner asks for services. It knows where things live and how
 to obtain them (store hit, or train once under the store's lock); what a recipe means is
-:mod:`reprlab.recipes`, how a model is trained is :mod:`reprlab.training`.
+:mod:`reprlab.run.recipes`, how a model is trained is :mod:`reprlab.run.training_job`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from reprlab.attacks import Attack
-from reprlab.config import (
+from reprlab.core.attacks import Attack
+from reprlab.core.fit import EpochBatches
+from reprlab.data import DatasetInfo, dataset_info, make_loader
+from reprlab.errors import ReprlabError
+from reprlab.io.runs import RunDirectory
+from reprlab.io.store import ArtifactStore, Payload, StoredArtifact, TrainingFiles, store_key
+from reprlab.models import Classifier
+from reprlab.run.config import (
     DatasetSpec,
     ModelRecipe,
     attack_spec,
@@ -26,15 +32,9 @@ from reprlab.config import (
     recipe_dataset,
     recipe_named,
 )
-from reprlab.data import DatasetInfo, dataset_info, make_loader
-from reprlab.errors import ReprlabError
-from reprlab.fit import EpochBatches
-from reprlab.models import Classifier
-from reprlab.recipes import build_for, make_attack, model_identity, monitor_attack
-from reprlab.runs import RunDirectory
+from reprlab.run.recipes import build_for, make_attack, model_identity, monitor_attack
+from reprlab.run.training_job import Monitor, Trainer, train_recipe
 from reprlab.runtime import resolve_device, resolve_speed, seeded_generator
-from reprlab.store import ArtifactStore, Payload, StoredArtifact, TrainingFiles, store_key
-from reprlab.training import Monitor, Trainer, train_recipe
 
 log = logging.getLogger("reprlab")
 

@@ -37,9 +37,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reprlab.attacks import AttackConfigError, preserved_buffers
+from reprlab.core.attacks import AttackConfigError, preserved_buffers
+from reprlab.core.optimize import NORMS
 from reprlab.errors import ReprlabError
-from reprlab.optimize import NORMS
 from reprlab.runtime import MODES as MODEL_MODES
 from reprlab.runtime import module_mode
 
@@ -115,12 +115,12 @@ class AutoAttack:
     apgd_iterations, apgd_restarts:
         Override APGD's 100 iterations / the version's restarts (None keeps the package's).
     model_mode:
-        The model's mode during the attack (see :class:`reprlab.attacks.PGD`); restored after,
+        The model's mode during the attack (see :class:`reprlab.core.attacks.PGD`); restored after,
         buffers included.
     progress:
         A progress bar per component (shown when stderr is a terminal). Not a setting.
 
-    Called as ``attack(model, x, y) -> x_adv`` (the :class:`reprlab.attacks.Attack` protocol);
+    Called as ``attack(model, x, y) -> x_adv`` (the :class:`reprlab.core.attacks.Attack` protocol);
     ``whole_set`` asks callers to pass all examples at once, so the result equals the package's
     on the same set. :meth:`run` also returns per-stage accuracies.
     """

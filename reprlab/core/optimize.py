@@ -3,7 +3,7 @@
 Every study that optimises *inputs* against frozen networks runs this loop with its own objective:
 
 - PGD attacks (Madry et al., ICLR 2018): ``sign`` steps in an L∞ ball or ``l2`` steps in an L2
-  ball, maximising a per-example loss (:class:`reprlab.attacks.PGD` is a preset);
+  ball, maximising a per-example loss (:class:`reprlab.core.attacks.PGD` is a preset);
 - representation inversion and STIR (Engstrom et al. 2019; Nanda et al., ICML 2022): ``l2`` steps
   in the box alone (ε = inf) from seed images, minimising a representation distance, keep-best;
 - inversion under a budget (Engstrom et al. 2019, Fig. 4): the same inside an L2 ball around a

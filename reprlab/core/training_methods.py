@@ -1,6 +1,6 @@
 """Standard and adversarial training of a classifier, on the fit loop.
 
-Methods (:data:`TRAINING_METHODS`), each a step function for :func:`reprlab.fit.fit`:
+Methods (:data:`TRAINING_METHODS`), each a step function for :func:`reprlab.core.fit.fit`:
 
 - ``standard``: cross-entropy on clean batches;
 - ``pgd_at``: cross-entropy on PGD adversarial examples (Madry et al., ICLR 2018);
@@ -11,9 +11,10 @@ Methods (:data:`TRAINING_METHODS`), each a step function for :func:`reprlab.fit.
   released ``mart_loss``).
 
 Every inner maximisation runs on the one input optimiser (the adversary is a
-:class:`reprlab.attacks.PGD`, whose ``model_mode`` is BatchNorm's mode while it attacks; it
+:class:`reprlab.core.attacks.PGD`, whose ``model_mode`` is BatchNorm's mode while it attacks; it
 leaves BatchNorm's running statistics as it found them). Pure computation:
-:func:`train_classifier` takes a model, a loader and settings, runs :func:`reprlab.fit.fit`, and
+:func:`train_classifier` takes a model, a loader and settings, runs :func:`reprlab.core.fit.fit`,
+and
 reports each finished epoch to a callback that decides what to keep. It never touches files.
 Every source of randomness after initialisation (batch order, augmentation, the adversary's
 random start) is drawn from generators seeded by (seed, epoch), so a run resumed
@@ -30,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reprlab import distributed
-from reprlab.attacks import PGD, preserved_buffers
-from reprlab.fit import EpochBatches, FitSettings, fit
+from reprlab.core import distributed
+from reprlab.core.attacks import PGD, preserved_buffers
+from reprlab.core.fit import EpochBatches, FitSettings, fit
 from reprlab.runtime import module_mode
 
 TRAINING_METHODS = ("standard", "pgd_at", "trades", "mart")
@@ -44,7 +45,8 @@ __all__ = ["TRAINING_METHODS", "TrainSettings", "prepare_model", "train_classifi
 
 @dataclass(frozen=True)
 class TrainSettings(FitSettings):
-    """Settings of one classifier training run: :class:`~reprlab.fit.FitSettings` plus the below.
+    """Settings of one classifier training run: :class:`~reprlab.core.fit.FitSettings` plus the
+    below.
 
     ``method`` (see the module docstring; None: ``pgd_at`` with an adversary, else
     ``standard``), ``adversary`` the inner maximiser (its ``model_mode`` is BatchNorm's mode while
@@ -106,7 +108,7 @@ def train_classifier(
     ----------
     loader:
         Yields (x [b,c,h,w] float in [0,1] on ``device``, y [b] int64) for each epoch number.
-        Under an initialised process group of several ranks (:mod:`reprlab.distributed`) these
+        Under an initialised process group of several ranks (:mod:`reprlab.core.distributed`) these
         are the global batches: each rank trains on its shard through DDP.
     evaluate:
         ``evaluate(model, epoch)`` -> metrics merged into the epoch's record (e.g. held-out clean

@@ -57,8 +57,8 @@ from typing import Any
 
 import torch
 
-from reprlab import atomic
 from reprlab.errors import ReprlabError
+from reprlab.io import atomic
 
 log = logging.getLogger("reprlab")
 

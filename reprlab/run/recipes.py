@@ -1,6 +1,6 @@
 """What a recipe means: the fields that identify a trained model, and config → plain settings.
 
-Glue between the typed config (:mod:`reprlab.config`) and computation: a model recipe's store
+Glue between the typed config (:mod:`reprlab.run.config`) and computation: a model recipe's store
 identity, its training settings and adversary, and the attack an analysis uses, as the plain
 objects the computation modules take.
 """
@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from reprlab.attacks import PGD, Attack
-from reprlab.autoattack import AutoAttack
-from reprlab.config import AdversarySpec, AttackSpec, AutoAttackSpec, DatasetSpec, ModelRecipe
+from reprlab.core.attacks import PGD, Attack
+from reprlab.core.autoattack import AutoAttack
+from reprlab.core.training_methods import TrainSettings
 from reprlab.data import DatasetInfo, dataset_info
 from reprlab.models import Classifier, architecture_version, build_model
-from reprlab.train import TrainSettings
+from reprlab.run.config import AdversarySpec, AttackSpec, AutoAttackSpec, DatasetSpec, ModelRecipe
 
 
 def model_identity(spec: ModelRecipe, dataset: DatasetSpec) -> dict[str, Any]:
@@ -83,10 +83,10 @@ def make_attack(
     progress: bool = True,
     num_classes: int | None = None,
 ) -> Attack:
-    """The attack an analysis uses: :class:`~reprlab.attacks.PGD` (a missing step size is
-    2.5·ε/steps, Madry et al.) or :class:`~reprlab.autoattack.AutoAttack` (its ``seed`` null:
+    """The attack an analysis uses: :class:`~reprlab.core.attacks.PGD` (a missing step size is
+    2.5·ε/steps, Madry et al.) or :class:`~reprlab.core.autoattack.AutoAttack` (its ``seed`` null:
     ``seed``, the run's; its target classes null: min(9, ``num_classes`` − 1) when given). Both
-    follow the :class:`~reprlab.attacks.Attack` protocol."""
+    follow the :class:`~reprlab.core.attacks.Attack` protocol."""
     if isinstance(spec, AutoAttackSpec):
         targets = spec.target_classes
         if targets is None and num_classes is not None:

@@ -10,8 +10,8 @@
   ``conf/hydra/launcher/slurm.yaml`` for partition, GPUs, time and array parallelism.
 
 Jobs that need one model train it once: the first takes the store entry's ``flock`` lock, the
-others wait for it and load the result (:mod:`reprlab.store`). For SLURM the store must be on a
-filesystem every node sees *with cluster-wide flock* (:mod:`reprlab.mounts`); where it is not,
+others wait for it and load the result (:mod:`reprlab.io.store`). For SLURM the store must be on a
+filesystem every node sees *with cluster-wide flock* (:mod:`reprlab.io.mounts`); where it is not,
 the sweep is refused before anything is submitted.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from reprlab.errors import ReprlabError
-from reprlab.mounts import lock_problem, store_mount
+from reprlab.io.mounts import lock_problem, store_mount
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from reprlab.errors import ReprlabError
-from reprlab.runs import RunDirectory
+from reprlab.io.runs import RunDirectory
 
 LEADING_COLUMNS = ("run", "analysis", "status", "model", "ref", "dataset", "overrides")
 TRAILING_COLUMNS = ("error",)
@@ -161,7 +161,7 @@ def accuracy_curves(root: str | Path) -> dict[str, tuple[list[float], list[float
 def write_report(root: str | Path, table: pd.DataFrame, name: str) -> list[Path]:
     """Write ``<name>.csv`` into ``root``, and ``accuracy_vs_eps.png`` when it holds evaluate
     runs; return the paths written."""
-    from reprlab import plots
+    from reprlab.io import plots
 
     directory = RunDirectory(root)
     written = [directory.write_csv(name, table)]

@@ -5,12 +5,13 @@ Attacks", ICLR 2018: from a (random) start inside the ε-ball around a clean inp
 gradient steps on a per-example objective, projecting back onto the ball and the image box [0, 1]
 after each one. Inputs are images in pixel space (float, [0, 1]); the model normalises them itself,
 so ε is in pixel units. :class:`PGD` is a preset of the one input-space optimiser,
-:class:`reprlab.optimize.InputOptimizer` (``PGD.optimizer``), plus its objective (cross-entropy,
+:class:`reprlab.core.optimize.InputOptimizer` (``PGD.optimizer``), plus its objective
+(cross-entropy,
 or the Carlini–Wagner margin loss: PGD-CW) and the model's mode.
 
 Every attack reprlab evaluates with follows one protocol (:class:`Attack`): an object called as
 ``attack(model, x, y, generator=...) -> x_adv`` with ``norm``, ``eps``, ``targeted``,
-``describe()`` and ``settings()``. :class:`PGD` is one; :class:`reprlab.autoattack.AutoAttack`
+``describe()`` and ``settings()``. :class:`PGD` is one; :class:`reprlab.core.autoattack.AutoAttack`
 (AutoAttack and APGD from the authors' code) is another. :func:`robust_accuracy` and
 :func:`correct_under` take any of them.
 """
@@ -28,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from reprlab.core.optimize import NORMS, InputOptimizer, sample_start
 from reprlab.errors import ReprlabError
-from reprlab.optimize import NORMS, InputOptimizer, sample_start
 from reprlab.runtime import MODES as MODEL_MODES
 from reprlab.runtime import module_mode
 
@@ -258,7 +259,8 @@ class PGD:
 
     @property
     def optimizer(self) -> InputOptimizer:
-        """This attack as a preset of :class:`~reprlab.optimize.InputOptimizer` (objective apart).
+        """This attack as a preset of :class:`~reprlab.core.optimize.InputOptimizer` (objective
+        apart).
 
         ``sign`` steps in the L∞ ball or ``l2`` steps in the L2 ball, maximising (untargeted) or
         minimising (targeted) the objective; the last iterate is evaluated only when iterates are

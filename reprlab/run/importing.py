@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from reprlab.config import DatasetSpec
 from reprlab.errors import ReprlabError
-from reprlab.store import StoredArtifact, non_finite
+from reprlab.io.store import StoredArtifact, non_finite
+from reprlab.run.config import DatasetSpec
 
 FORMATS = ("auto", "state_dict", "robustness")
 UNUSED_PREFIXES = ("net.sub_block1.",)
@@ -167,7 +167,7 @@ def clean_accuracy(
 ) -> tuple[float, int]:
     """(clean accuracy, images used) of ``model`` on a fixed sample of ``examples`` test images
     drawn with ``seed`` (dataset order, unaugmented; all of them if there are fewer)."""
-    from reprlab.attacks import robust_accuracy
+    from reprlab.core.attacks import robust_accuracy
     from reprlab.data import make_loader
 
     loader = make_loader(
@@ -203,11 +203,11 @@ def import_checkpoint(
     sha256 (``checkpoint_sha256``: the imported weights' identity), the key remapping and the
     accuracy.
     """
-    from reprlab.config import dataset_spec, recipe, recipe_dataset
     from reprlab.data import dataset_info
-    from reprlab.recipes import build_for, model_identity
+    from reprlab.io.store import ArtifactStore, file_sha256, load_weights, store_key
+    from reprlab.run.config import dataset_spec, recipe, recipe_dataset
+    from reprlab.run.recipes import build_for, model_identity
     from reprlab.runtime import resolve_device
-    from reprlab.store import ArtifactStore, file_sha256, load_weights, store_key
 
     spec = recipe(cfg.model)
     dataset = recipe_dataset(spec, dataset_spec(cfg.dataset))

@@ -1,6 +1,6 @@
 """Whether the store's ``flock`` lock holds across the processes and machines of a sweep.
 
-The store (:mod:`reprlab.store`) excludes two producers of one entry with ``flock(2)`` on
+The store (:mod:`reprlab.io.store`) excludes two producers of one entry with ``flock(2)`` on
 ``<key>.lock``. That holds for every process of one machine on a local filesystem. Across
 machines it holds only where the shared filesystem forwards ``flock`` to a lock manager:
 

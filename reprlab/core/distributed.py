@@ -1,7 +1,7 @@
 """Data-parallel training pieces: process group, batch shards, DDP wrapping, rank-0 broadcast.
 
 Pure computation (no files). The training job runs one process per device under ``torchrun``
-(:mod:`reprlab.ddp`); each process trains a replica wrapped in
+(:mod:`reprlab.run.ddp`); each process trains a replica wrapped in
 :class:`torch.nn.parallel.DistributedDataParallel`. Every rank draws the same *global* batch from
 the same seeded loader and keeps its own contiguous shard (:class:`ShardedBatches`); DDP averages
 the gradients, so one step equals a one-process step on the global batch (for models without

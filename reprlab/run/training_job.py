@@ -4,7 +4,7 @@ Called by the run context when the store misses a model. It builds the loaders (
 recipe's validation split out of the training data when it has one), the settings and the
 held-out monitor, keeps the best-robust-validation weights when the recipe asks (Rice et al.
 2020), and hands checkpoints, snapshots and metrics to the entry's files; the loop itself is
-:func:`reprlab.train.train_classifier`.
+:func:`reprlab.core.training_methods.train_classifier`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Any
 
 import torch
 
-from reprlab import distributed
-from reprlab.attacks import PGD, robust_accuracy
-from reprlab.config import DatasetSpec, ModelRecipe, ValidationSpec
+from reprlab.core import distributed
+from reprlab.core.attacks import PGD, robust_accuracy
+from reprlab.core.training_methods import train_classifier
 from reprlab.data import DatasetInfo, TensorLoader, load_tensors, make_loader
 from reprlab.errors import ReprlabError
-from reprlab.recipes import build_for, describe_adversary, monitor_attack, train_settings
+from reprlab.io.store import TrainingFiles
+from reprlab.run.config import DatasetSpec, ModelRecipe, ValidationSpec
+from reprlab.run.recipes import build_for, describe_adversary, monitor_attack, train_settings
 from reprlab.runtime import SpeedSwitches, seeded_generator
-from reprlab.store import TrainingFiles
-from reprlab.train import train_classifier
 
 log = logging.getLogger("reprlab")
 
@@ -58,7 +58,7 @@ class Trainer:
 class Monitor:
     """Held-out metrics after every epoch: clean and PGD accuracy on a fixed sample of
     ``examples`` test images drawn with ``seed``. The attack is the recipe's own
-    (:func:`reprlab.recipes.monitor_attack`). A recipe with a validation split monitors on it
+    (:func:`reprlab.run.recipes.monitor_attack`). A recipe with a validation split monitors on it
     instead, with its own settings (:func:`validation_monitor`), and only then can the numbers
     choose weights (the best-robust checkpoint)."""
 
@@ -89,7 +89,7 @@ class Monitor:
 
 def validation_monitor(spec: ModelRecipe, dataset: DatasetSpec) -> Monitor:
     """The monitor of a recipe with a validation split: every setting from the recipe (so from
-    its key), the attack its own threat (:func:`reprlab.recipes.monitor_attack`)."""
+    its key), the attack its own threat (:func:`reprlab.run.recipes.monitor_attack`)."""
     v = spec.validation
     assert v is not None
     return Monitor(
@@ -329,7 +329,7 @@ def train_in_processes(
     gloo on the CPU); return (weights, summary) from the checkpoint rank 0 wrote last.
 
     The job is handed over as JSON in the entry's ``work/`` directory; the workers run
-    :mod:`reprlab.ddp`. A killed parent takes torchrun (and so the workers) with it; a run
+    :mod:`reprlab.run.ddp`. A killed parent takes torchrun (and so the workers) with it; a run
     started again resumes from the last checkpoint, in one process or several.
     """
     job = {
@@ -359,7 +359,7 @@ def train_in_processes(
     path = files.entry / "work" / "ddp_job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(job, indent=1))
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     if device.type == "cpu":  # share the cores between the gloo processes
@@ -367,7 +367,7 @@ def train_in_processes(
         env.setdefault("OMP_NUM_THREADS", str(threads))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={trainer.devices}", "-m", "reprlab.ddp", str(path),
+        f"--nproc-per-node={trainer.devices}", "-m", "reprlab.run.ddp", str(path),
     ]  # fmt: skip
     log.info(
         "model %s: training with %d %s processes (torchrun, DDP)",

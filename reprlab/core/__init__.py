@@ -1,0 +1,2 @@
+"""Shared machinery under every study: taps, the input-space optimiser and attacks, AutoAttack,
+the fit loop and training methods, distributed helpers."""
