@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from reprlab.analyses import RUNNERS, get_analysis
-from reprlab.cli.app import compose_config
+from reprlab.cli.run import compose_config
 from reprlab.data import available_datasets
 from reprlab.errors import ReprlabError
 from reprlab.io.store import store_key

@@ -3,7 +3,7 @@ type, range or form (issue 7's bar).
 
 Every case must end with exit 0 or exit 2 and one line, never a traceback, and leave nothing
 behind when it exits 2. Most cases run in-process through the checks ``reprlab run`` makes
-before Hydra starts (:func:`reprlab.cli.app.preflight`): each either raises a one-line ReprlabError
+before Hydra starts (:func:`reprlab.cli.run.preflight`): each either raises a one-line ReprlabError
 or passes, and a passing one must then survive what a run does first (seeding, building the
 models, their optimisers and adversaries, the loaders, the attack, the analysis settings). A few
 refused cases also run as real processes: exit 2, one stderr line, the same message, nothing
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from omegaconf import DictConfig
 
 from reprlab.analyses import RUNNERS, get_analysis
-from reprlab.cli.app import compose_config, preflight
+from reprlab.cli.run import compose_config, preflight
 from reprlab.core.fit import make_optimizer
 from reprlab.data import dataset_info, make_loader
 from reprlab.errors import ReprlabError

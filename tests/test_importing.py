@@ -150,7 +150,7 @@ IMPORT = ["model=cnn_small", "dataset=synthetic"]
 
 
 def recipe_key() -> str:
-    from reprlab.cli.app import compose_config
+    from reprlab.cli.run import compose_config
     from reprlab.io.store import store_key
     from reprlab.run.config import dataset_spec, recipe
     from reprlab.run.recipes import model_identity

@@ -181,7 +181,7 @@ def test_robust_inversions_are_closer_to_their_targets_on_mnist(tmp_path: Path) 
 )
 def test_inversion_experiments_compose_and_validate(experiment: str) -> None:
     from reprlab.analyses.inversion_settings import parts_of, settings
-    from reprlab.cli.app import compose_config
+    from reprlab.cli.run import compose_config
     from reprlab.run.config import recipe
 
     cfg = compose_config([f"experiment={experiment}"])

@@ -106,7 +106,7 @@ def test_failures_of_jobs_in_other_processes_reach_the_sweep(tmp_path: Path) -> 
 def test_the_sweep_directory_is_pinned_for_job_processes(tmp_path: Path) -> None:
     """Each launcher process would re-resolve ${now:...} and the run id: the sweep directory
     composed up front is handed to Hydra as a literal, unless the user set one."""
-    from reprlab.cli.app import pin_sweep_dir
+    from reprlab.cli.run import pin_sweep_dir
 
     args = ["-m", "seed=0,1"]
     pinned = pin_sweep_dir(args, "outputs/runs/evaluate/x_sweep")

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from reprlab.cli.app import compose_config
+from reprlab.cli.run import compose_config
 from reprlab.core.attacks import PGD, correct_under
 from reprlab.core.autoattack import AutoAttack
 from reprlab.core.training_methods import train_classifier

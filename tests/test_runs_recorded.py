@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from helpers import FAST, reprlab_env, run_reprlab
 
-from reprlab.cli.app import compose_config, main
+from reprlab.cli.app import main
+from reprlab.cli.run import compose_config
 from reprlab.data.mnist_offline import RAW_FILES
 from reprlab.io.store import store_key
 from reprlab.run.config import dataset_spec, recipe

@@ -150,7 +150,7 @@ def test_slurm_warns_about_a_local_store() -> None:
 
 def test_trainer_settings_never_change_a_model_store_key() -> None:
     """Speed switches and data parallelism change how a model is trained, not what it is."""
-    from reprlab.cli.app import compose_config
+    from reprlab.cli.run import compose_config
     from reprlab.io.store import store_key
     from reprlab.run.config import dataset_spec, recipe
     from reprlab.run.recipes import model_identity

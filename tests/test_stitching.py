@@ -312,7 +312,7 @@ BAD = [
 def test_bad_stitching_input_is_refused_in_one_line_before_anything_is_written(
     tmp_path, monkeypatch, override, message
 ):
-    from reprlab.cli.app import preflight
+    from reprlab.cli.run import preflight
 
     args = [*FAST, "analysis=stitching", "ref=cnn_small", override]
     if override == "analysis.init=identity":
@@ -340,7 +340,7 @@ def test_bad_stitching_input_exits_2_as_a_process(tmp_path):
 )
 def test_stitching_experiments_compose_and_validate(pair):
     from reprlab.analyses.stitching import settings, stitch_points
-    from reprlab.cli.app import compose_config
+    from reprlab.cli.run import compose_config
     from reprlab.run.config import recipe, recipe_dataset
 
     experiment = "stitching_cifar10" if pair.startswith("cifar") else "stitching_demo"

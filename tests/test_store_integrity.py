@@ -26,7 +26,7 @@ from helpers import FAST, run_reprlab
 from omegaconf import OmegaConf
 
 from reprlab.cli import app as cli
-from reprlab.cli.app import compose_config
+from reprlab.cli.run import compose_config
 from reprlab.core.attacks import PGD, robust_accuracy
 from reprlab.data import make_loader
 from reprlab.errors import ReprlabError

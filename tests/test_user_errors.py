@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from reprlab.analyses import validate_run
-from reprlab.cli.app import compose_config, main
+from reprlab.cli.app import main
+from reprlab.cli.run import compose_config
 from reprlab.errors import ReprlabError
 from reprlab.run.config import MAX_SEED, group_options, recipe
 

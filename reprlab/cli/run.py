@@ -1,0 +1,299 @@
+"""``reprlab run``: split Hydra's arguments, compose and validate every job before anything is
+written, then hand the arguments to Hydra unchanged."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reprlab.cli.console import _debug, fail, warn
+from reprlab.errors import ReprlabError
+
+# Hydra flags after which nothing runs: no validation needed (or possible, for --help).
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i",
+               "--shell-completion", "-sc"}  # fmt: skip
+# Hydra flags whose value is the next argument.
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--experimental-rerun"}  # fmt: skip
+
+
+def split_hydra_args(args: Sequence[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, multirun, info_only) from the arguments given after ``run``."""
+    overrides: list[str] = []
+    multirun = info_only = False
+    arguments = iter(args)
+    for arg in arguments:
+        flag = arg.split("=", 1)[0]
+        multirun = multirun or flag in ("-m", "--multirun")
+        info_only = info_only or flag in _INFO_FLAGS
+        if flag in _VALUE_FLAGS and "=" not in arg:
+            next(arguments, None)
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, multirun, info_only
+
+
+REQUIRED_GROUPS = ("dataset", "model", "attack", "analysis")
+"""Groups every run needs an option of (``ref`` and ``experiment`` may be null)."""
+
+
+def check_group_choices(overrides: Sequence[str]) -> None:
+    """Raise ReprlabError for ``group=option`` overrides naming an option that does not exist."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from reprlab.run.config import GROUPS, group_options
+
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        group = override.key_or_group
+        if group not in GROUPS or override.is_delete():
+            continue
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.get_value_element_as_str()]
+        options = group_options(group)
+        for value in values:
+            if value == "null" and group in REQUIRED_GROUPS:
+                raise ReprlabError(
+                    f"{group}=null is invalid: every run needs a {group}; choose one of: "
+                    f"{', '.join(options)}"
+                )
+            if value != "null" and value not in options:
+                raise ReprlabError(
+                    f"unknown {group} '{value}'; choose one of: {', '.join(options)}"
+                )
+
+
+def swept_keys(overrides: Sequence[str]) -> set[str]:
+    """The keys (or groups) that a multirun's overrides sweep over."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def job_overrides(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job a (multi)run will launch."""
+    if not multirun:
+        return [list(overrides)]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [job for batch in batches for job in batch]
+
+
+def one_line(message: str) -> str:
+    """A Hydra/OmegaConf error message as one whole line.
+
+    Indented lists (``Available options in 'model':`` followed by one option per line) are
+    joined with commas; Hydra's config search path and its HYDRA_FULL_ERROR hint are dropped.
+    """
+    parts: list[str] = []
+    listing: list[str] = []
+    for raw in message.splitlines():
+        line = raw.strip()
+        if line.startswith("Config search path") or line.startswith("Set the environment"):
+            break
+        if not line:
+            continue
+        if raw[:1] in ("\t", " ") and parts and parts[-1].endswith(":"):
+            listing.append(line)
+            continue
+        if listing:
+            parts[-1] += " " + ", ".join(listing)
+            listing = []
+        parts.append(line)
+    if listing:
+        parts[-1] += " " + ", ".join(listing)
+    return " ".join(parts)
+
+
+def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> Any:
+    """Compose the run config for ``overrides`` (no Hydra run, no directories written).
+
+    ``with_hydra`` keeps the ``hydra`` node (run and sweep directories) in the result.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from reprlab.run.config import config_dir
+
+    _register_config_extras()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="reprlab"):
+            return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        # ValueError: Hydra's answer to some malformed overrides (e.g. a null group choice).
+        raise ReprlabError(one_line(str(err)) or type(err).__name__) from None
+
+
+def check_output_dirs(cfg: Any, multirun: bool) -> None:
+    """Raise ReprlabError unless the run (or sweep) directory Hydra will write is a real,
+    writable path.
+
+    An empty ``hydra.run.dir`` would make Hydra write the run into the current directory; a
+    read-only place would fail half-way. (The store is checked when something must be written to
+    it: a read-only store of trained models is fine.)
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    from reprlab.io import atomic
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    node = cfg.hydra.sweep if multirun else cfg.hydra.run
+    try:
+        value = node.dir
+    except OmegaConfBaseException as err:
+        raise ReprlabError(f"{key}: {one_line(str(err))}") from None
+    if not isinstance(value, str) or not value.strip():
+        raise ReprlabError(
+            f"{key}={value!r} is invalid: give a directory for the run's files (the default "
+            "is under paths.outputs)"
+        )
+    problem = atomic.unwritable(Path(value))
+    if problem is not None:
+        raise ReprlabError(
+            f"cannot create the run directory {value}: {problem}; choose a writable place "
+            "with paths.outputs=..."
+        )
+
+
+def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True) -> str | None:
+    """Compose and validate every job of the run; raise ReprlabError on the first problem.
+
+    With ``validate=False`` (``--cfg``, ``--info``, ``--help``) only the composition is checked:
+    unknown options and keys, malformed overrides. Returns the sweep directory of a validated
+    multirun as composed now (None otherwise), for :func:`pin_sweep_dir`.
+    """
+    from hydra.errors import HydraException
+
+    from reprlab.analyses import validate_run
+    from reprlab.cli import launchers
+
+    try:
+        check_group_choices(overrides)
+        launcher = launchers.check_installed(launchers.chosen_launcher(overrides))
+        jobs = job_overrides(overrides, multirun)
+    except HydraException as err:
+        raise ReprlabError(one_line(str(err))) from None
+    stores = []
+    sweep_dir = None
+    for job in jobs:
+        try:
+            cfg = compose_config(job, with_hydra=validate)
+            if validate:
+                validate_run(cfg)
+                check_output_dirs(cfg, multirun)
+                stores.append(str(cfg.paths.store))
+                if multirun and sweep_dir is None:
+                    sweep_dir = str(cfg.hydra.sweep.dir)
+        except ReprlabError as err:
+            prefix = f"in sweep job [{' '.join(job)}]: " if multirun and len(jobs) > 1 else ""
+            raise ReprlabError(f"{prefix}{err}") from None
+    if validate and multirun:
+        launchers.check_cluster(launcher, stores, warn=warn)
+    return sweep_dir
+
+
+def pin_sweep_dir(args: Sequence[str], sweep_dir: str | None) -> list[str]:
+    """``args`` with ``hydra.sweep.dir`` fixed to ``sweep_dir`` (unless the user set it).
+
+    The default sweep directory holds the time and this process's run id; a launcher plugin
+    re-resolves it in each job's own process (another node, for SLURM), where both differ. A
+    literal value keeps every job of the sweep in the one directory its summary gathers.
+    """
+    if (
+        sweep_dir is None
+        or any(a.split("=", 1)[0] == "hydra.sweep.dir" for a in args)
+        or any(c in os.path.abspath(sweep_dir) for c in ("'", "\\", "${"))  # Hydra escapes
+    ):
+        return list(args)
+    return [*args, f"hydra.sweep.dir='{os.path.abspath(sweep_dir)}'"]
+
+
+_EXTRAS_REGISTERED = False
+
+
+def _register_config_extras() -> None:
+    """Register the ``ref`` group's options and reprlab's resolvers (once per process)."""
+    global _EXTRAS_REGISTERED
+    if _EXTRAS_REGISTERED:
+        return
+    from omegaconf import OmegaConf
+
+    from reprlab.io.runs import RUN_ID
+    from reprlab.run.config import register_ref_group, register_resolvers
+
+    register_ref_group()
+    register_resolvers()
+    OmegaConf.register_new_resolver("reprlab_run_id", lambda: RUN_ID, replace=True)
+    _EXTRAS_REGISTERED = True
+
+
+def _hydra_task(cfg: Any) -> Any:
+    """One Hydra job. In a sweep, a failed job is recorded and the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from reprlab.cli import sweeps
+    from reprlab.cli.execute import execute
+
+    _register_config_extras()  # a launcher plugin may run this job in a fresh process
+    hydra_cfg = HydraConfig.get()
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        return execute(cfg)
+    except ReprlabError as err:
+        if _debug():
+            raise
+        if not in_sweep:
+            sys.exit(fail(str(err)))
+        sweeps.record_failure(hydra_cfg, str(err))
+    except Exception as err:
+        if not in_sweep or _debug():
+            raise  # a bug: Hydra prints its traceback
+        logging.getLogger("reprlab").exception("sweep job %s failed", hydra_cfg.job.num)
+        sweeps.record_failure(hydra_cfg, f"{type(err).__name__}: {err}".splitlines()[0])
+    return None
+
+
+def run_command(args: Sequence[str]) -> int:
+    """``reprlab run``: validate, then hand ``args`` to Hydra unchanged.
+
+    Exit codes: 0 done; 2 a bad input (nothing written); 1 a run or some sweep jobs failed;
+    130/143 interrupted by SIGINT/SIGTERM (run.json says so).
+    """
+    from reprlab.cli.execute import install_signal_handlers
+
+    install_signal_handlers()
+    overrides, multirun, info_only = split_hydra_args(args)
+    if "--shell-completion" not in args and "-sc" not in args:
+        try:
+            args = pin_sweep_dir(args, preflight(overrides, multirun, validate=not info_only))
+        except ReprlabError as err:
+            if _debug():
+                raise
+            return fail(str(err))
+    import hydra
+
+    from reprlab.cli import sweeps
+    from reprlab.run.config import config_dir
+
+    _register_config_extras()
+    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
+        _hydra_task
+    )
+    sys.argv = ["reprlab run", *args]
+    sweeps.FAILURES.clear()
+    main()
+    swept = swept_keys(overrides) if sweeps.FAILURES else set()
+    for failure in sweeps.FAILURES:
+        print(f"reprlab: error: sweep job {failure.describe(swept or None)}", file=sys.stderr)
+    return 1 if sweeps.FAILURES else 0
