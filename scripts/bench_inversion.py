@@ -27,6 +27,7 @@ import argparse
 import torch
 from benchtools import interleaved_medians, random_model
 
+from reprlab.core.representation import Representation, match_representation, relative_distance
 from reprlab.methods import inversion
 from reprlab.runtime import resolve_device
 
@@ -45,9 +46,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     model = random_model(args.arch, args.image_size, device)
-    represent = inversion.Representation(
-        model, model.representation_tap, fake_relu=not args.no_fake_relu
-    )
+    represent = Representation(model, model.representation_tap, fake_relu=not args.no_fake_relu)
     n, size, steps = args.batch_size, args.image_size, args.steps
     shape = (n, 3, size, size)
     generator = torch.Generator().manual_seed(0)
@@ -65,7 +64,7 @@ def main() -> None:
 
     def forward_backward() -> None:  # the gradient to the input only, as the optimiser takes it
         x = seeds.detach().clone().requires_grad_(True)
-        loss = inversion.relative_distance(represent(x), goal).sum()
+        loss = relative_distance(represent(x), goal).sum()
         torch.autograd.grad(loss, [x])
 
     def baseline() -> None:
@@ -78,7 +77,7 @@ def main() -> None:
         "inversion": lambda: inversion.invert(
             represent, targets, seeds, steps=steps, step_size=1.0
         ),
-        "distance curve (one ε)": lambda: inversion.match_representation(
+        "distance curve (one ε)": lambda: match_representation(
             represent, goal, targets.flip(0), steps=steps, step_size=0.1, eps=2.0
         ),
         "feature visualisation": lambda: inversion.visualise_features(

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from reprlab.core.taps import fake_relu, last_relu, representation
+from reprlab.core.representation import Representation
+from reprlab.core.taps import fake_relu, last_relu
 from reprlab.errors import ReprlabError
 from reprlab.methods import inversion
-from reprlab.methods.inversion import Representation
 from reprlab.models import Body, Classifier, build_model
 
 SIDE = 6
@@ -168,8 +168,8 @@ def test_fake_relu_keeps_values_and_passes_gradient_through_the_last_relu():
     x = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(0))
     info = last_relu(model, "fc1")
     assert info.name == "fc1.1"
-    plain = representation(model, x)
-    faked = representation(model, x, fake_relu=True)
+    plain = Representation(model, model.representation_tap)(x)
+    faked = Representation(model, model.representation_tap, fake_relu=True)(x)
     assert torch.equal(plain, faked)
     # With fake_relu, dR/dx is the gradient of the pre-activation (the Linear's output, fc1.0).
     weights = torch.randn(plain.shape[1], generator=torch.Generator().manual_seed(1))
@@ -179,9 +179,9 @@ def test_fake_relu_keeps_values_and_passes_gradient_through_the_last_relu():
         (g,) = torch.autograd.grad((fn(inputs) * weights).sum(), inputs)
         return g
 
-    through = gradient(lambda v: representation(model, v, fake_relu=True))
+    through = gradient(lambda v: Representation(model, model.representation_tap, fake_relu=True)(v))
     pre = gradient(lambda v: model.features(v, ["fc1.0"], detach=False)["fc1.0"])
-    dead = gradient(lambda v: representation(model, v))
+    dead = gradient(lambda v: Representation(model, model.representation_tap)(v))
     assert torch.allclose(through, pre, atol=1e-6)
     assert not torch.allclose(through, dead, atol=1e-6)  # some units are dead at random init
     module = model.net.get_submodule("fc1.1")
@@ -210,7 +210,7 @@ def test_fake_relu_replaces_only_the_last_call_of_a_reused_relu():
             h = model.front(inputs, "layer4.0")
             rep = model.net.get_submodule("avgpool")(reference_block(h)).flatten(1)
         else:
-            rep = representation(model, inputs, fake_relu=fake)
+            rep = Representation(model, model.representation_tap, fake_relu=fake)(inputs)
         (g,) = torch.autograd.grad(rep.sum(), inputs)
         return g
 

@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "reprlab"
 LAYERS = {
     "entry": {"reprlab.cli", "reprlab.__main__", "reprlab"},
     "runners": {"reprlab.analyses"},  # one runner per analysis and the shared runner modules
+    "api": {"reprlab.api"},  # the public functions a notebook calls; runners call them too
     "glue": {"reprlab.run"},
     "methods": {"reprlab.methods"},
     "core": {"reprlab.core"},

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from reprlab.core.fit import FitSettings
+from reprlab.core.representation import Representation
 from reprlab.data import dataset_info, load_tensors
 from reprlab.methods import mi
 from reprlab.models import build_model
@@ -222,7 +223,7 @@ def encoder_and_critic():
         Loader(),
         FitSettings(epochs=3, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant"),
         encoder=model,
-        encode=mi.tap_encoder(model, "logits"),
+        encode=Representation(model, "logits"),
         device=CPU,
         progress=False,
     )
@@ -233,7 +234,7 @@ def test_worst_case_search_lowers_the_bound_and_is_the_identity_at_eps_zero(
     encoder_and_critic,
 ) -> None:
     model, critic, batches = encoder_and_critic
-    encode = mi.tap_encoder(model, "logits")
+    encode = Representation(model, "logits")
     normal, per_batch = mi.estimate(critic, batches, encode=encode)
     worst, worst_batches = mi.estimate(
         critic, batches, encode=encode, search=mi.WorstCase(eps=0.1, step_size=0.03, steps=5)

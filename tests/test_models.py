@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from reprlab.core.taps import representation
+from reprlab.core.representation import Representation
 from reprlab.errors import ReprlabError
 from reprlab.models import Classifier, available_archs, build_model
 
@@ -196,7 +196,7 @@ def test_other_image_sizes(arch, image_size):
 def test_representation_is_differentiable_and_equals_the_captured_tap(arch):
     model = _model(arch)
     x = _images().requires_grad_(True)
-    features = representation(model, x)
+    features = Representation(model, model.representation_tap)(x)
     direction = torch.randn(features.shape, generator=torch.Generator().manual_seed(2))
     (features * direction).sum().backward()
     assert x.grad is not None

@@ -48,8 +48,8 @@ def kornblith_xy() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ({"kernel": "linear"}, 0.55761),
-        ({"kernel": "rbf", "rbf_threshold": 0.5}, 0.65483),
+        ({"kernel": "linear", "unbiased": False}, 0.55761),
+        ({"kernel": "rbf", "unbiased": False, "rbf_threshold": 0.5}, 0.65483),
         ({"kernel": "linear", "unbiased": True}, 0.51346),
     ],
     ids=["linear", "rbf-0.5", "debiased-linear"],
@@ -74,7 +74,7 @@ def test_invariant_to_orthogonal_maps_isotropic_scaling_and_translation(options)
 def test_not_invariant_to_general_invertible_linear_maps():
     x, y = _correlated(200)
     stretch = torch.diag(torch.logspace(-2, 2, 32, dtype=torch.float64))
-    assert abs(cka(x @ stretch, y) - cka(x, y)) > 0.05
+    assert abs(cka(x @ stretch, y, unbiased=False) - cka(x, y, unbiased=False)) > 0.05
 
 
 @pytest.mark.parametrize("options", ESTIMATORS)
@@ -90,7 +90,7 @@ def test_biased_cka_lies_in_unit_interval():
         x = torch.randn(30, 5, generator=g)
         y = x[:, :3] ** 2 + 0.1 * torch.randn(30, 3, generator=g)
         for kernel in ("linear", "rbf"):
-            assert 0.0 <= cka(x, y, kernel=kernel) <= 1.0 + 1e-12
+            assert 0.0 <= cka(x, y, kernel=kernel, unbiased=False) <= 1.0 + 1e-12
 
 
 def test_random_baseline_of_independent_representations():
@@ -100,7 +100,7 @@ def test_random_baseline_of_independent_representations():
     for _ in range(10):
         x = torch.randn(n, p, generator=g, dtype=torch.float64)
         y = torch.randn(n, q, generator=g, dtype=torch.float64)
-        biased.append(cka(x, y))
+        biased.append(cka(x, y, unbiased=False))
         unbiased.append(cka(x, y, unbiased=True))
     expected = math.sqrt(p * q / ((n + p) * (n + q)))
     assert np.mean(biased) == pytest.approx(expected, rel=0.1)
@@ -162,7 +162,10 @@ def test_float32_features_with_large_offsets_keep_float64_precision(unbiased):
 def test_naive_float32_grams_fail_on_the_same_offsets():
     """Guards the previous test: the data is hard enough to break a float32 implementation."""
     x, y = _correlated(1000)
-    assert abs(_naive_float32_cka((x + 1e4).float(), (y - 1e4).float()) - cka(x, y)) > 0.01
+    assert (
+        abs(_naive_float32_cka((x + 1e4).float(), (y - 1e4).float()) - cka(x, y, unbiased=False))
+        > 0.01
+    )
 
 
 @pytest.mark.parametrize("kernel", ["linear", "rbf"])
@@ -339,23 +342,23 @@ def test_nan_or_inf_features_raise_naming_the_representation():
         gram_stack({"layer1": x, "layer2": broken})
     broken[3, 2] = float("inf")
     with pytest.raises(ReprlabError, match="NaN or inf"):
-        cka(x, broken)
+        cka(x, broken, unbiased=False)
     broken[:, 2] = float("-inf")  # a constant column of inf must not be centred away
     with pytest.raises(ReprlabError, match="NaN or inf"):
-        cka(x, broken.float())
+        cka(x, broken.float(), unbiased=False)
     with pytest.raises(ReprlabError, match="'y': NaN or inf"):
-        cka(x[:, :2], broken[:, :3])  # the feature-space route
+        cka(x[:, :2], broken[:, :3], unbiased=False)  # the feature-space route
     wide = torch.randn(20, 4096, generator=_generator(5))
     wide[7, 100] = float("nan")
     with pytest.raises(ReprlabError, match="'y': NaN or inf"):
-        cka(x, wide)  # float32 products
+        cka(x, wide, unbiased=False)  # float32 products
 
 
 def test_unbiased_estimator_needs_four_examples():
     x, y = _correlated(3)
     with pytest.raises(ReprlabError, match="at least 4 examples"):
         cka(x, y, unbiased=True)
-    assert 0 <= cka(x, y) <= 1 + 1e-12  # the biased estimator is defined
+    assert 0 <= cka(x, y, unbiased=False) <= 1 + 1e-12  # the biased estimator is defined
     accumulator = MinibatchCKA(["x"], ["y"])
     with pytest.raises(ReprlabError, match="at least 4 examples"):
         accumulator.update([x], [y])
@@ -367,13 +370,13 @@ def test_constant_representation_raises_naming_it(dtype, width):
     x, _ = _correlated(40)
     constant = torch.full((40, width), 0.1, dtype=dtype)  # 0.1 is inexact in binary
     with pytest.raises(ReprlabError, match="'y' is constant"):
-        cka(x, constant)
+        cka(x, constant, unbiased=False)
     accumulator = MinibatchCKA(["ok", "dead"])
     accumulator.update({"ok": x, "dead": constant})
     with pytest.raises(ReprlabError, match="'dead' is constant"):
         accumulator.compute()
     with pytest.raises(ReprlabError, match="bandwidth is zero"):
-        cka(x, constant, kernel="rbf")
+        cka(x, constant, kernel="rbf", unbiased=False)
 
 
 def test_empty_accumulator_and_unknown_kernel_raise():

@@ -10,7 +10,8 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from torch import nn
 
-from reprlab.core.taps import TapRecorder, describe_taps, representation
+from reprlab.core.representation import Representation
+from reprlab.core.taps import TapRecorder, describe_taps
 from reprlab.errors import ReprlabError
 from reprlab.models import Body, Classifier, TapError, select_taps, sequential_stages
 
@@ -290,7 +291,7 @@ def test_representation_has_the_exact_input_gradient():
     """d/dx of u . relu(W (x - m) / s + b) is W^T (u * [pre-activation > 0]) / s, per image."""
     model = _mlp_classifier().eval()
     x = _images().requires_grad_(True)
-    features = representation(model, x)
+    features = Representation(model, model.representation_tap)(x)
     direction = torch.randn(features.shape, generator=torch.Generator().manual_seed(3))
     (features * direction).sum().backward()
     with torch.no_grad():

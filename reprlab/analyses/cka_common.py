@@ -16,12 +16,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from reprlab import api
 from reprlab.analyses import inputs
 from reprlab.analyses.inputs import ATTACK_TARGETS, INPUT_KINDS, InputSource
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
-from reprlab.methods.layerwise import JointCKA, LayerCKA, Member, joint_layer_cka
+from reprlab.methods.layerwise import JointCKA, LayerCKA, Member
 from reprlab.methods.similarity import KERNELS
 from reprlab.models import Classifier, select_taps
 from reprlab.run.config import check_choice, check_positive, recipe, typed
@@ -131,13 +132,13 @@ def compute(
     models = [m.model for m in members]
     target = target_index if s.attack_target == "model" else None
     stream = (x for x, _ in source.for_models(models, s.inputs, target, min_batch=MIN_BATCH))
-    result = joint_layer_cka(
+    result = api.joint_cka(
         members,
         stream,
+        estimator=s.estimator,
         kernel=s.kernel,
-        unbiased=s.estimator == "unbiased",
         rbf_threshold=float(s.rbf_threshold),
-        pool=s.features == "pool",
+        features=s.features,
         groups=groups,
         progress=ctx.progress,
     )

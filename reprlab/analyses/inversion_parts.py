@@ -21,10 +21,10 @@ from reprlab.analyses import inputs
 from reprlab.analyses import inversion_settings as config
 from reprlab.analyses.inversion_settings import Settings
 from reprlab.core.optimize import compose, jitter, rotation
+from reprlab.core.representation import Representation, relative_distance
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
 from reprlab.methods import inversion
-from reprlab.methods.inversion import Representation
 from reprlab.run.context import LoadedModel, RunContext
 
 log = logging.getLogger("reprlab")
@@ -627,7 +627,7 @@ def run_interpolation(
         r1, r2 = member.represent.encode(first), member.represent.encode(second)
         w = torch.tensor(lambdas, device=first.device).view(1, -1, 1)
         target = ((1 - w) * r1.unsqueeze(1) + w * r2.unsqueeze(1)).flatten(0, 1)
-        start = inversion.relative_distance(member.represent.encode(pixels), target)
+        start = relative_distance(member.represent.encode(pixels), target)
         moved = inversion.pixel_l2(payload["x"], pixels)
         distance = payload["distance"]
         for i in range(len(pixels)):

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
+from reprlab.core.representation import Representation
 from reprlab.core.taps import last_relu
 from reprlab.data import available_datasets, check_available, dataset_info
 from reprlab.errors import ReprlabError
-from reprlab.methods.inversion import Representation
 from reprlab.models import Classifier, select_taps
 from reprlab.run.config import check_choice, check_non_negative, check_positive, recipe, typed
 from reprlab.run.recipes import build_for

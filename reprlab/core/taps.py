@@ -13,7 +13,7 @@ found is a :class:`TapError`, never a silent guess.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -28,7 +28,6 @@ __all__ = [
     "describe_taps",
     "fake_relu",
     "last_relu",
-    "representation",
     "straight_through_relu",
 ]
 
@@ -71,20 +70,6 @@ class TapRecorder:
         self._capture.reset()  # drop leftovers of a forward pass that raised before collect()
         logits = self.model(x)
         return logits, self.collect()
-
-
-def representation(
-    model: Classifier, x: torch.Tensor, *, tap: str | None = None, fake_relu: bool = False
-) -> torch.Tensor:
-    """The activation [n, d] (flattened) of ``x`` at ``tap``, differentiable with respect to ``x``.
-
-    ``tap`` defaults to the penultimate representation tap. Runs the stages only up to the tap
-    (never the final linear layer). ``fake_relu=True`` makes the last ReLU at or before the tap
-    the identity in the backward pass (see :func:`fake_relu`); values are unchanged.
-    """
-    tap = model.representation_tap if tap is None else tap
-    with _fake_relu_context(model, tap) if fake_relu else nullcontext():
-        return model.features(x, [tap], detach=False)[tap].flatten(1)
 
 
 # --- fake_relu: the `robustness` library's straight-through last ReLU ---------------------------

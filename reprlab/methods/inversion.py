@@ -4,8 +4,8 @@ manipulation and interpolation.
 
 Every optimisation here is :class:`reprlab.core.optimize.InputOptimizer` with L2-normalised steps in
 the [0, 1] image box (or an L2 ball around a source image for the distance curve), on a
-:class:`Representation`: a model's activation at one tap, flattened, differentiable in the input,
-optionally with the `robustness` library's ``fake_relu`` (:func:`reprlab.core.taps.fake_relu`).
+:class:`~reprlab.core.representation.Representation`: a model's activation at one tap, flattened,
+differentiable in the input, optionally with the `robustness` library's ``fake_relu``.
 Distances in representation space are relative, ``‖R(x) − r‖₂ / ‖r‖₂`` (the paper's loss);
 distances in pixel space are L2 in [0, 1] pixel units and SSIM (``torchmetrics``).
 
@@ -14,52 +14,17 @@ Computation only: tensors and models in, tensors out.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from reprlab.core.optimize import InputOptimizer, OptimResult, Transform
-from reprlab.core.taps import fake_relu as fake_relu_context
-from reprlab.models import Classifier
+from reprlab.core.representation import Representation, match_representation, relative_distance
 
 SEED_MEAN = 0.5
 SEED_STD = 1 / 20
 """The paper's inversion seeds: N(0.5, (1/20)²) per pixel, clamped to [0, 1]."""
-
-_TINY = 1e-12
-
-
-@dataclass(frozen=True)
-class Representation:
-    """``R(x)``: ``model``'s activation at ``tap`` of pixels ``x`` [n, c, h, w], as [n, d].
-
-    Differentiable in ``x``; runs the model only up to ``tap``, in its current mode (callers put
-    it in eval mode). ``fake_relu``: the last ReLU before the tap passes gradient as the identity
-    (:func:`reprlab.core.taps.fake_relu`); values are unchanged.
-    """
-
-    model: Classifier
-    tap: str
-    fake_relu: bool = False
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        context = fake_relu_context(self.model, self.tap) if self.fake_relu else nullcontext()
-        with context:
-            return self.model.features(x, [self.tap], detach=False)[self.tap].flatten(1)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``R(x)`` without a graph (targets, activation statistics)."""
-        with torch.no_grad():
-            return self.model.features(x, [self.tap])[self.tap].flatten(1)
-
-    @property
-    def dim(self) -> int:
-        """d, the number of coordinates of the representation."""
-        info = next(t for t in self.model.probe().taps if t.name == self.tap)
-        return math.prod(info.shape)
 
 
 def noise_seeds(
@@ -77,48 +42,6 @@ def noise_seeds(
     where = generator.device if generator is not None else device
     noise = torch.randn(tuple(shape), generator=generator, device=where)
     return (mean + std * noise).clamp(0.0, 1.0).to(device)
-
-
-def relative_distance(representation: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``‖r − t‖₂ / ‖t‖₂`` per row of [n, d] tensors: Engstrom et al.'s inversion loss, [n]."""
-    return (representation - target).norm(dim=1) / target.norm(dim=1).clamp_min(_TINY)
-
-
-def match_representation(
-    represent: Representation,
-    target: torch.Tensor,
-    start: torch.Tensor,
-    *,
-    steps: int,
-    step_size: float,
-    eps: float = math.inf,
-    centre: torch.Tensor | None = None,
-    trace: bool = False,
-) -> OptimResult:
-    """Minimise ``relative_distance(R(x), target)`` over x from ``start``; the best iterate.
-
-    ``target`` [n, d] representations; ``start`` [n, c, h, w] in [0, 1]. L2-normalised steps of
-    ``step_size`` (pixel units), keep-best; box only (``eps = inf``, the paper's "ε = 1000") or
-    the L2 ball of radius ``eps`` around ``centre`` (default: ``start``) intersected with the box.
-    Returns the optimiser's result: ``x`` the inputs reached, ``value`` their relative distances
-    [n], ``trace`` [steps + 1, n] with ``trace=True``.
-    """
-    target = target.detach()
-
-    def objective(x: torch.Tensor) -> torch.Tensor:
-        return relative_distance(represent(x), target)
-
-    optimizer = InputOptimizer(
-        steps=steps,
-        step_size=step_size,
-        step="l2",
-        norm="l2",
-        eps=eps,
-        maximize=False,
-        keep_best=True,
-        trace=trace,
-    )
-    return optimizer(objective, start if centre is None else centre, start=start)
 
 
 def invert(

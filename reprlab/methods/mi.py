@@ -295,15 +295,6 @@ def representation_size(model: Classifier, tap: str) -> int:
     return math.prod(info[tap].shape)
 
 
-def tap_encoder(model: Classifier, tap: str) -> Encode:
-    """``encode(x) -> z [n, d]``: ``model``'s activation at ``tap``, flattened, differentiable."""
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        return model.features(x, [tap], detach=False)[tap].flatten(1)
-
-    return encode
-
-
 # --- worst case ---------------------------------------------------------------------------------
 
 

@@ -476,13 +476,14 @@ def cka(
     y: torch.Tensor,
     *,
     kernel: str = "linear",
-    unbiased: bool = False,
+    unbiased: bool = True,
     rbf_threshold: float = 1.0,
 ) -> float:
     """CKA between representations ``x`` [n, ...] and ``y`` [n, ...] of the same n examples.
 
-    ``unbiased=False`` is Kornblith et al.'s CKA, in [0, 1]; ``unbiased=True`` uses Song et al.'s
-    HSIC estimator (Kornblith's "debiased" CKA, can be slightly negative; n >= 4).
+    ``unbiased=True`` (the default, as everywhere in reprlab) uses Song et al.'s HSIC estimator
+    (Kornblith's "debiased" CKA, can be slightly negative; n >= 4); ``unbiased=False`` is
+    Kornblith et al.'s CKA, in [0, 1].
     ``rbf_threshold`` is the RBF bandwidth as a fraction of the median distance.
     """
     _check_kernel(kernel)

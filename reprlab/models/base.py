@@ -200,6 +200,11 @@ class Classifier(nn.Module):
             )
         return self._probe
 
+    def tap_shape(self, tap: str) -> tuple[int, ...]:
+        """The activation shape at ``tap`` for one image, without the batch dimension (probed)."""
+        (name,) = select_taps(self, [tap])
+        return tuple(next(t.shape for t in self.probe().taps if t.name == name))
+
     # --- running ---------------------------------------------------------------------------
 
     def _run(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:

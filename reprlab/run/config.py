@@ -8,7 +8,7 @@ one-line :class:`~reprlab.errors.ReprlabError` before any work starts.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -84,6 +84,70 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("reprlab_snapshots", snapshot_epochs_upto)
     if not OmegaConf.has_resolver("reprlab_once"):
         OmegaConf.register_new_resolver("reprlab_once", lambda value: value, use_cache=True)
+
+
+def register_config_extras() -> None:
+    """Register the ``ref`` group's options and reprlab's resolvers (once per process)."""
+    global _EXTRAS_REGISTERED
+    if _EXTRAS_REGISTERED:
+        return
+    from reprlab.io.runs import RUN_ID
+
+    register_ref_group()
+    register_resolvers()
+    OmegaConf.register_new_resolver("reprlab_run_id", lambda: RUN_ID, replace=True)
+    _EXTRAS_REGISTERED = True
+
+
+_EXTRAS_REGISTERED = False
+
+
+def compose(overrides: Sequence[str], *, with_hydra: bool = False) -> DictConfig:
+    """The run config composed from ``overrides`` exactly as ``reprlab run`` composes it, with
+    nothing run and nothing written. ``with_hydra`` keeps the ``hydra`` node.
+
+    Raises ReprlabError with Hydra's or OmegaConf's message on one line.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_config_extras()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="reprlab"):
+            return hydra_compose(
+                "config", overrides=list(overrides), return_hydra_config=with_hydra
+            )
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        # ValueError: Hydra's answer to some malformed overrides (e.g. a null group choice).
+        raise ReprlabError(one_line(str(err)) or type(err).__name__) from None
+
+
+def one_line(message: str) -> str:
+    """A Hydra/OmegaConf error message as one whole line.
+
+    Indented lists (``Available options in 'model':`` followed by one option per line) are
+    joined with commas; Hydra's config search path and its HYDRA_FULL_ERROR hint are dropped.
+    """
+    parts: list[str] = []
+    listing: list[str] = []
+    for raw in message.splitlines():
+        line = raw.strip()
+        if line.startswith("Config search path") or line.startswith("Set the environment"):
+            break
+        if not line:
+            continue
+        if raw[:1] in ("\t", " ") and parts and parts[-1].endswith(":"):
+            listing.append(line)
+            continue
+        if listing:
+            parts[-1] += " " + ", ".join(listing)
+            listing = []
+        parts.append(line)
+    if listing:
+        parts[-1] += " " + ", ".join(listing)
+    return " ".join(parts)
 
 
 # --- schemas -------------------------------------------------------------------------------
