@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATA   := $(or $(REPRLAB_DATA),outputs/data)
 MNIST  := $(DATA)/MNIST/raw/t10k-labels-idx1-ubyte
 
-.PHONY: help setup data demo test test-all lint bench clean
+.PHONY: help setup data demo test test-all lint bench docs clean
 
 help:
 	@echo "make demo      set up, then train a standard and a robust MNIST CNN, evaluate, compare (CKA)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-all  also the slow and GPU tests"
 	@echo "make lint      ruff check + format check"
 	@echo "make bench     the speed benchmarks in scripts/"
+	@echo "make docs      regenerate docs/reference.md from the configs"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +60,9 @@ bench: setup
 	$(BIN)/python scripts/bench_vulnerability.py
 	$(BIN)/python scripts/bench_stitch.py
 	$(BIN)/python scripts/bench_inversion.py
+
+docs:
+	$(PYTHON) scripts/gen_docs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

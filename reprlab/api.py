@@ -699,14 +699,10 @@ def fit_critic(
     critic = mi.DIMCritic(
         model.input_shape, represent.dim, units=units, channels=channels, scope=scope
     ).to(device)
-    settings = FitSettings(
-        epochs=epochs, optimizer="adam", lr=lr, momentum=0.9, weight_decay=0.0,
-        schedule="constant", seed=seed,
-    )  # fmt: skip
     history = mi.fit_mi(
         critic,
         train_batches,
-        settings,
+        FitSettings.adam(epochs, lr, seed=seed),
         encoder=model,
         encode=represent,
         estimator=estimator,

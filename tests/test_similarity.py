@@ -111,7 +111,7 @@ def test_random_baseline_of_independent_representations():
 @pytest.fixture(scope="module")
 def large_pair() -> tuple[torch.Tensor, torch.Tensor, float, float]:
     x, y = _correlated(4096)
-    return x, y, cka(x, y, unbiased=True), cka(x, y)
+    return x, y, cka(x, y, unbiased=True), cka(x, y, unbiased=False)
 
 
 def _minibatch(x, y, batch_size: int, unbiased: bool) -> float:
@@ -384,3 +384,19 @@ def test_empty_accumulator_and_unknown_kernel_raise():
         MinibatchCKA(["a"]).compute()
     with pytest.raises(ReprlabError, match="unknown CKA kernel"):
         MinibatchCKA(["a"], kernel="cosine")
+
+
+def test_mean_std_is_the_sample_spread() -> None:
+    from reprlab.core.stats import mean_std
+
+    mean, std = mean_std([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3)
+    assert std == pytest.approx(
+        math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    )
+    assert mean_std([0.5]) == (0.5, 0.0)
+    rows = np.array([[1.0, 2.0], [3.0, 6.0]])
+    means, stds = mean_std(rows, axis=0)
+    np.testing.assert_allclose(means, [2.0, 4.0])
+    np.testing.assert_allclose(stds, [math.sqrt(2), math.sqrt(8)])
+    assert all(np.isnan(v) for v in mean_std([]))

@@ -10,6 +10,7 @@ code that reads the config; they never import each other.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,31 @@ class Analysis:
     settings: Callable[[DictConfig], Any]
     run: Callable[[DictConfig, RunContext], dict[str, Any]]
     check_data: Callable[[DictConfig], None] | None = None
+
+
+def settings_once(parse: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Decorate a runner's ``settings(cfg)`` so that a job's settings are parsed and validated
+    once per process: the check before Hydra starts, the job's own check and the runner then
+    share one result (a probe of both networks, for stitching, costs seconds).
+
+    Keyed by the config's YAML, so a sweep's jobs each get their own; a parse that raises is not
+    kept.
+    """
+    cache: dict[str, Any] = {}
+
+    @functools.wraps(parse)
+    def parsed(cfg: DictConfig) -> Any:
+        from omegaconf import OmegaConf
+
+        try:
+            key = OmegaConf.to_yaml(cfg, resolve=True)
+        except Exception:  # an unresolvable value: parse (and refuse) it each time
+            return parse(cfg)
+        if key not in cache:
+            cache[key] = parse(cfg)
+        return cache[key]
+
+    return parsed
 
 
 def get_analysis(name: str) -> Analysis:

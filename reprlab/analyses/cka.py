@@ -13,12 +13,14 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from reprlab.analyses import cka_common as common
+from reprlab.analyses import settings_once
 from reprlab.analyses.cka_common import CKASettings
 from reprlab.io import plots
 from reprlab.methods.layerwise import Member
 from reprlab.run.context import RunContext
 
 
+@settings_once
 def settings(cfg: DictConfig) -> CKASettings:
     return common.settings(cfg)
 

@@ -19,12 +19,13 @@ from omegaconf import DictConfig
 from reprlab import api
 from reprlab.analyses import inputs
 from reprlab.analyses.inputs import ATTACK_TARGETS, INPUT_KINDS, InputSource
+from reprlab.analyses.tap_settings import taps_in
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
 from reprlab.methods.layerwise import JointCKA, LayerCKA, Member
 from reprlab.methods.similarity import KERNELS
-from reprlab.models import Classifier, select_taps
+from reprlab.models import Classifier
 from reprlab.run.config import check_choice, check_positive, recipe, typed
 from reprlab.run.context import RunContext
 from reprlab.run.recipes import build_for
@@ -86,20 +87,7 @@ def settings(cfg: DictConfig, schema: type[CKASettings] = CKASettings) -> Any:
 
 def taps_of(s: CKASettings, model: Classifier) -> tuple[str, ...]:
     """The taps to compare: ``blocks`` (default), ``all`` layers, or a list; forward order."""
-    spec = s.taps
-    if not isinstance(spec, str):
-        if not isinstance(spec, (list, tuple)) or not all(isinstance(t, str) for t in spec):
-            raise ReprlabError(
-                f"analysis.taps={spec!r} is invalid: use blocks, all or a list of tap names "
-                "(see `reprlab taps model=<recipe>`)"
-            )
-        spec = list(spec)
-        if not spec:
-            raise ReprlabError("analysis.taps=[] names no tap; use blocks, all or a list of taps")
-    try:
-        return tuple(select_taps(model, spec))
-    except ReprlabError as err:
-        raise ReprlabError(f"analysis.taps: {err}") from None
+    return taps_in(model, "analysis.taps", s.taps)
 
 
 def sample(s: CKASettings, ctx: RunContext) -> InputSource:

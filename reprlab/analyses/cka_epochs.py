@@ -17,6 +17,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from reprlab.analyses import cka_common as common
+from reprlab.analyses import settings_once
 from reprlab.analyses.cka_common import CKASettings
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
@@ -36,6 +37,7 @@ class Settings(CKASettings):
 BEST = "best"
 
 
+@settings_once
 def settings(cfg: DictConfig) -> Settings:
     s: Settings = common.settings(cfg, Settings)
     spec = recipe(cfg.model)

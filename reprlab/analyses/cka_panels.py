@@ -13,6 +13,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from reprlab.analyses import cka_common as common
+from reprlab.analyses import settings_once
 from reprlab.analyses.cka_common import CKASettings
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
@@ -20,6 +21,7 @@ from reprlab.methods.layerwise import Member
 from reprlab.run.context import RunContext
 
 
+@settings_once
 def settings(cfg: DictConfig) -> CKASettings:
     s = common.settings(cfg)
     if cfg.get("ref") is None:

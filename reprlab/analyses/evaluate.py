@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from reprlab.analyses import inputs
+from reprlab.analyses import inputs, settings_once
 from reprlab.core.attacks import correct_under
 from reprlab.core.autoattack import AutoAttack
 from reprlab.data import dataset_info
@@ -104,6 +104,7 @@ def attack_specs(cfg: DictConfig, names: list[str] | None) -> list[AttackSpec | 
     return specs
 
 
+@settings_once
 def settings(cfg: DictConfig) -> Settings:
     s: Settings = typed(cfg.analysis, Settings, "analysis")
     if s.examples is not None:

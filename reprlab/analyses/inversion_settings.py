@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
+from reprlab.analyses.tap_settings import tap_in
 from reprlab.core.representation import Representation
 from reprlab.core.taps import last_relu
 from reprlab.data import available_datasets, check_available, dataset_info
 from reprlab.errors import ReprlabError
-from reprlab.models import Classifier, select_taps
+from reprlab.models import Classifier
 from reprlab.run.config import check_choice, check_non_negative, check_positive, recipe, typed
 from reprlab.run.recipes import build_for
 
@@ -265,13 +266,7 @@ def steps_of(s: Settings, cfg: DictConfig, part: str) -> Steps:
 
 def tap_of(s: Settings, model: Classifier) -> str:
     """The tap to invert: ``analysis.tap`` or the model's representation tap (checked)."""
-    if s.tap is None:
-        return model.representation_tap
-    try:
-        (tap,) = select_taps(model, [s.tap])
-    except ReprlabError as err:
-        raise ReprlabError(f"analysis.tap: {err}") from None
-    return tap
+    return tap_in(model, "analysis.tap", s.tap)
 
 
 def representation_of(s: Settings, model: Classifier) -> Representation:

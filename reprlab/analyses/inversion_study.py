@@ -23,11 +23,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from reprlab.analyses import inversion_settings as config
+from reprlab.analyses import settings_once
 from reprlab.analyses.inversion_parts import PART_RUNNERS, members
 from reprlab.run.context import RunContext
 from reprlab.runtime import module_mode
 
 
+@settings_once
 def settings(cfg: DictConfig) -> config.Settings:
     return config.settings(cfg)
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from reprlab.analyses import inputs
+from reprlab.analyses import inputs, settings_once
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
@@ -94,6 +94,7 @@ class Member:
 # --- settings -----------------------------------------------------------------------------------
 
 
+@settings_once
 def settings(cfg: DictConfig) -> Settings:
     """Typed, range-checked settings; taps checked on untrained builds of the models."""
     s: Settings = typed(cfg.analysis, Settings, "analysis")

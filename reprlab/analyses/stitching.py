@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from reprlab.analyses import inputs
+from reprlab.analyses import inputs, settings_once
+from reprlab.analyses.tap_settings import taps_in
 from reprlab.core.attacks import PGD, robust_accuracy
 from reprlab.core.fit import FROZEN_BN_MODES, OPTIMIZERS, SCHEDULES, FitSettings
 from reprlab.core.optimize import NORMS
@@ -96,6 +97,7 @@ class Settings:
     eval_batch_size: int
 
 
+@settings_once
 def settings(cfg: DictConfig) -> Settings:
     """Typed, range-checked settings; also resolves the stitch points on untrained copies of the
     two architectures, so a bad tap, pair or init stops the run before anything is written."""
@@ -161,27 +163,16 @@ def settings(cfg: DictConfig) -> Settings:
 # --- stitch points -----------------------------------------------------------------------------
 
 
-def _block_taps(where: str, model: Classifier, names: list[str]) -> list[str]:
-    for name in names:
-        if name not in model.block_taps:
-            raise ReprlabError(
-                f"analysis: {where} ({model.arch}) cannot be cut at '{name}'; stitch at a block "
-                f"tap: {', '.join(model.block_taps)}"
-            )
-    return [t for t in model.block_taps if t in set(names)]
-
-
 def _tap_list(s: Settings, where: str, model: Classifier) -> list[str]:
-    if not isinstance(s.taps, (str, list, tuple)):
-        raise ReprlabError(f"analysis.taps={s.taps} is invalid: use blocks or a list of taps")
-    if isinstance(s.taps, str):
-        if s.taps != "blocks":
-            raise ReprlabError(f"analysis.taps={s.taps} is invalid: use blocks or a list of taps")
-        return list(model.block_taps)
-    names = [str(t) for t in s.taps]
-    if not names:
-        raise ReprlabError("analysis.taps=[] names no stitch point; use blocks or a list")
-    return _block_taps(where, model, names)
+    return list(
+        taps_in(model, "analysis.taps", s.taps, keywords=("blocks",), cut=True, where=where)
+    )
+
+
+def _block_taps(
+    where: str, model: Classifier, names: list[str], key: str = "analysis.pairs"
+) -> list[str]:
+    return list(taps_in(model, key, names, keywords=(), cut=True, where=where))
 
 
 def point_name(front_tap: str, end_tap: str) -> str:
@@ -204,7 +195,7 @@ def stitch_points(s: Settings, front: Classifier, end: Classifier) -> list[Stitc
         front_taps = _tap_list(s, "model", front)
         if s.pairs == "same":
             if not isinstance(s.taps, str):
-                _block_taps("ref", end, front_taps)
+                _block_taps("ref", end, front_taps, key="analysis.taps")
             pairs = [(t, t) for t in front_taps if t in end.block_taps]
             missing = [t for t in front_taps if t not in end.block_taps]
             if missing and not isinstance(s.taps, str):

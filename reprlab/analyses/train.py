@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from reprlab.analyses import settings_once
 from reprlab.io import plots
 from reprlab.run.config import typed
 from reprlab.run.context import RunContext
@@ -26,6 +27,7 @@ class Settings:
     name: str
 
 
+@settings_once
 def settings(cfg: DictConfig) -> Settings:
     return typed(cfg.analysis, Settings, "analysis")
 

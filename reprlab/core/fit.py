@@ -89,6 +89,17 @@ class FitSettings:
         if not self.lr > 0:
             raise FitConfigError(f"lr must be > 0, got {self.lr}")
 
+    @classmethod
+    def adam(
+        cls, epochs: int, lr: float, *, seed: int = 0, schedule: str = "constant"
+    ) -> FitSettings:
+        """Adam (β₁ 0.9, β₂ 0.999) without weight decay: how the MI critics, encoders and
+        downstream heads of the vulnerability studies train (Zhu et al.: Adam, no decay)."""
+        return cls(
+            epochs=epochs, optimizer="adam", lr=lr, momentum=0.9, weight_decay=0.0,
+            schedule=schedule, seed=seed,
+        )  # fmt: skip
+
 
 def lr_factor(settings: FitSettings, progress: float) -> float:
     """Multiplier of the base learning rate at ``progress`` ∈ [0, 1) of training."""
