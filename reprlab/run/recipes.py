@@ -59,6 +59,19 @@ def describe_adversary(spec: ModelRecipe) -> str:
     return threat
 
 
+def build_arch(arch: str, info: DatasetInfo) -> Classifier:
+    """A model of architecture ``arch`` for dataset ``info`` (its classes, input shape and
+    normaliser), initialised from the global RNG."""
+    return build_model(
+        arch,
+        num_classes=info.num_classes,
+        in_channels=info.channels,
+        image_size=info.image_size,
+        mean=info.mean,
+        std=info.std,
+    )
+
+
 def build_for(spec: ModelRecipe, info: DatasetInfo) -> Classifier:
     """A freshly initialised model of ``spec``'s architecture for dataset ``info``.
 
@@ -66,14 +79,7 @@ def build_for(spec: ModelRecipe, info: DatasetInfo) -> Classifier:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        return build_model(
-            spec.arch,
-            num_classes=info.num_classes,
-            in_channels=info.channels,
-            image_size=info.image_size,
-            mean=info.mean,
-            std=info.std,
-        )
+        return build_arch(spec.arch, info)
 
 
 def make_attack(
