@@ -88,50 +88,14 @@ def job_overrides(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def one_line(message: str) -> str:
-    """A Hydra/OmegaConf error message as one whole line.
-
-    Indented lists (``Available options in 'model':`` followed by one option per line) are
-    joined with commas; Hydra's config search path and its HYDRA_FULL_ERROR hint are dropped.
-    """
-    parts: list[str] = []
-    listing: list[str] = []
-    for raw in message.splitlines():
-        line = raw.strip()
-        if line.startswith("Config search path") or line.startswith("Set the environment"):
-            break
-        if not line:
-            continue
-        if raw[:1] in ("\t", " ") and parts and parts[-1].endswith(":"):
-            listing.append(line)
-            continue
-        if listing:
-            parts[-1] += " " + ", ".join(listing)
-            listing = []
-        parts.append(line)
-    if listing:
-        parts[-1] += " " + ", ".join(listing)
-    return " ".join(parts)
-
-
 def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> Any:
     """Compose the run config for ``overrides`` (no Hydra run, no directories written).
 
     ``with_hydra`` keeps the ``hydra`` node (run and sweep directories) in the result.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from reprlab.run.config import compose
 
-    from reprlab.run.config import config_dir
-
-    _register_config_extras()
-    try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="reprlab"):
-            return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        # ValueError: Hydra's answer to some malformed overrides (e.g. a null group choice).
-        raise ReprlabError(one_line(str(err)) or type(err).__name__) from None
+    return compose(overrides, with_hydra=with_hydra)
 
 
 def check_output_dirs(cfg: Any, multirun: bool) -> None:
@@ -145,6 +109,7 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from reprlab.io import atomic
+    from reprlab.run.config import one_line
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     node = cfg.hydra.sweep if multirun else cfg.hydra.run
@@ -176,6 +141,7 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
 
     from reprlab.analyses import validate_run
     from reprlab.cli import launchers
+    from reprlab.run.config import one_line
 
     try:
         check_group_choices(overrides)
@@ -218,23 +184,10 @@ def pin_sweep_dir(args: Sequence[str], sweep_dir: str | None) -> list[str]:
     return [*args, f"hydra.sweep.dir='{os.path.abspath(sweep_dir)}'"]
 
 
-_EXTRAS_REGISTERED = False
-
-
 def _register_config_extras() -> None:
-    """Register the ``ref`` group's options and reprlab's resolvers (once per process)."""
-    global _EXTRAS_REGISTERED
-    if _EXTRAS_REGISTERED:
-        return
-    from omegaconf import OmegaConf
+    from reprlab.run.config import register_config_extras
 
-    from reprlab.io.runs import RUN_ID
-    from reprlab.run.config import register_ref_group, register_resolvers
-
-    register_ref_group()
-    register_resolvers()
-    OmegaConf.register_new_resolver("reprlab_run_id", lambda: RUN_ID, replace=True)
-    _EXTRAS_REGISTERED = True
+    register_config_extras()
 
 
 def _hydra_task(cfg: Any) -> Any:
