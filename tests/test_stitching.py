@@ -16,6 +16,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import FAST, run_reprlab
 
 from reprlab.core.attacks import PGD, robust_accuracy
 from reprlab.core.fit import FitSettings
@@ -24,7 +25,6 @@ from reprlab.data import TensorLoader, dataset_info, load_tensors
 from reprlab.errors import ReprlabError
 from reprlab.methods import stitching as st
 from reprlab.models import build_model
-from tests.helpers import FAST, run_reprlab
 
 CPU = torch.device("cpu")
 INFO = dataset_info("synthetic")
