@@ -29,6 +29,7 @@ from reprlab.models.base import (
     sequential_stages,
 )
 from reprlab.models.probe import TapError, TapInfo
+from reprlab.models.wrap import WrappedClassifier, wrap
 
 __all__ = [
     "ArchInfo",
@@ -40,10 +41,12 @@ __all__ = [
     "StagedNet",
     "TapError",
     "TapInfo",
+    "WrappedClassifier",
     "architecture_version",
     "available_archs",
     "build_model",
     "register_arch",
     "select_taps",
     "sequential_stages",
+    "wrap",
 ]

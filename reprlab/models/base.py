@@ -201,7 +201,8 @@ class Classifier(nn.Module):
         return self._probe
 
     def tap_shape(self, tap: str) -> tuple[int, ...]:
-        """The activation shape at ``tap`` for one image, without the batch dimension (probed)."""
+        """Per-example activation shape at ``tap`` (block or layer) for one image of
+        :attr:`input_shape`, e.g. ``(64, 32, 32)``; read off the probe, nothing runs again."""
         (name,) = select_taps(self, [tap])
         return tuple(next(t.shape for t in self.probe().taps if t.name == name))
 
@@ -224,7 +225,7 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [n, num_classes] of pixels ``x`` [n, c, h, w] in [0, 1]."""
-        return self._run(self.normalize(x), 0, len(self._stage_modules))
+        return self._run(self.normalize(x), 0, len(self.stages))
 
     def front(self, x: torch.Tensor, tap: str) -> torch.Tensor:
         """The activation at block tap ``tap`` of pixels ``x``: normalise, run stages to ``tap``."""
@@ -235,7 +236,7 @@ class Classifier(nn.Module):
 
         ``back(front(x, tap), tap)`` is ``forward(x)``.
         """
-        return self._run(h, self._split_index(tap) + 1, len(self._stage_modules))
+        return self._run(h, self._split_index(tap) + 1, len(self.stages))
 
     def between(self, h: torch.Tensor, tap: str, later: str) -> torch.Tensor:
         """The activation at block tap ``later`` from the activation ``h`` at block tap ``tap``:
@@ -277,9 +278,8 @@ class Classifier(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
             with capture if capture is not None else nullcontext():
                 h = self.normalize(x)
-                for index, modules in enumerate(self._stage_modules[: last + 1]):
-                    for module in modules:
-                        h = module(h)
+                for index in range(last + 1):
+                    h = self._run(h, index, index + 1)
                     name = self.stages[index][0]
                     if name in blocks:
                         value = h.detach() if detach else h
