@@ -165,17 +165,26 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
         )
 
 
-def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True) -> str | None:
+def preflight(
+    overrides: Sequence[str],
+    multirun: bool,
+    *,
+    validate: bool = True,
+    composed: list[tuple[list[str], Any]] | None = None,
+) -> str | None:
     """Compose and validate every job of the run; raise ReprlabError on the first problem.
 
     With ``validate=False`` (``--cfg``, ``--info``, ``--help``) only the composition is checked:
     unknown options and keys, malformed overrides. Returns the sweep directory of a validated
-    multirun as composed now (None otherwise), for :func:`pin_sweep_dir`.
+    multirun as composed now (None otherwise), for :func:`pin_sweep_dir`. ``composed``, when
+    given, receives (overrides, config) of every validated job, and the run's dataset choice is
+    printed (``dataset: cifar10 (model=resnet18_at's ...)``), once per distinct line.
     """
     from hydra.errors import HydraException
 
     from reprlab.analyses import validate_run
     from reprlab.cli import launchers
+    from reprlab.run.config import dataset_choice
 
     try:
         check_group_choices(overrides)
@@ -185,11 +194,16 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
         raise ReprlabError(one_line(str(err))) from None
     stores = []
     sweep_dir = None
+    choices: dict[str, None] = {}
     for job in jobs:
         try:
             cfg = compose_config(job, with_hydra=validate)
             if validate:
+                choice = dataset_choice(cfg, cfg.hydra.runtime.choices, job)
                 validate_run(cfg)
+                if composed is not None:
+                    composed.append((job, cfg))
+                    choices.setdefault(choice.describe(), None)
                 check_output_dirs(cfg, multirun)
                 stores.append(str(cfg.paths.store))
                 if multirun and sweep_dir is None:
@@ -199,6 +213,8 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
             raise ReprlabError(f"{prefix}{err}") from None
     if validate and multirun:
         launchers.check_cluster(launcher, stores, warn=warn)
+    for line in choices:
+        print(line, flush=True)
     return sweep_dir
 
 
@@ -264,6 +280,19 @@ def _hydra_task(cfg: Any) -> Any:
     return None
 
 
+PLAN_FLAG = "--plan"
+"""``reprlab run ... --plan``: list the models the run (or sweep) would train or reuse, with their
+estimated cost, and stop; nothing runs and nothing is written."""
+
+
+def print_plan(composed: list[tuple[list[str], Any]]) -> int:
+    """Print the plan of the validated jobs ``composed`` (:mod:`reprlab.run.plan`); exit code 0."""
+    from reprlab.run.plan import plan_jobs
+
+    print(plan_jobs(composed).render(), flush=True)
+    return 0
+
+
 def run_command(args: Sequence[str]) -> int:
     """``reprlab run``: validate, then hand ``args`` to Hydra unchanged.
 
@@ -273,10 +302,16 @@ def run_command(args: Sequence[str]) -> int:
     from reprlab.cli.execute import install_signal_handlers
 
     install_signal_handlers()
+    plan_only = PLAN_FLAG in args
+    args = [arg for arg in args if arg != PLAN_FLAG]
     overrides, multirun, info_only = split_hydra_args(args)
     if "--shell-completion" not in args and "-sc" not in args:
+        composed: list[tuple[list[str], Any]] = []
         try:
-            args = pin_sweep_dir(args, preflight(overrides, multirun, validate=not info_only))
+            sweep_dir = preflight(overrides, multirun, validate=not info_only, composed=composed)
+            if plan_only and not info_only:
+                return print_plan(composed)
+            args = pin_sweep_dir(args, sweep_dir)
         except ReprlabError as err:
             if _debug():
                 raise

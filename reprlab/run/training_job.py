@@ -29,7 +29,8 @@ from reprlab.data import DatasetInfo, TensorLoader, load_tensors, make_loader
 from reprlab.errors import ReprlabError
 from reprlab.io.store import TrainingFiles
 from reprlab.run.config import DatasetSpec, ModelRecipe, ValidationSpec
-from reprlab.run.recipes import build_for, describe_adversary, monitor_attack, train_settings
+from reprlab.run.plan import estimate
+from reprlab.run.recipes import build_for, monitor_attack, train_settings
 from reprlab.runtime import SpeedSwitches, seeded_generator
 
 log = logging.getLogger("reprlab")
@@ -179,17 +180,23 @@ def train_recipe(
     process (an initialised process group) every rank trains its shard; only rank 0's ``files``
     write.
     """
+    if not distributed.active():  # what will train and its cost, before it starts
+        cost = estimate(
+            spec,
+            dataset,
+            device,
+            monitor_examples=monitor.examples,
+            monitor_batch_size=monitor.batch_size,
+            monitor_steps=monitor.attack.steps,
+            devices=trainer.devices,
+        )
+        log.info("model %s: training %s", spec.name, cost.what())
+        log.info("model %s: %s", spec.name, cost.cost())
     if trainer.devices > 1 and not distributed.active():
         return train_in_processes(
             spec, dataset, files, device=device, monitor=monitor, num_workers=num_workers,
             progress=progress, trainer=trainer,
         )  # fmt: skip
-    log.info(
-        "model %s: training (%s, %d epochs)",
-        spec.name,
-        describe_adversary(spec),
-        spec.train.epochs,
-    )
     model = build_for(spec, info)
     validation = spec.validation
     if validation is not None:
@@ -272,6 +279,7 @@ def train_recipe(
         resume=resume,
         on_epoch_end=on_epoch_end,
         progress=progress,
+        what=f"model {spec.name}",
     )
     if keep_best and best is not None:
         # The best epoch's weights are kept as its snapshot (cka_epochs compares it with the
