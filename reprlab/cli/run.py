@@ -131,7 +131,25 @@ def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> Any
             return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         # ValueError: Hydra's answer to some malformed overrides (e.g. a null group choice).
-        raise ReprlabError(one_line(str(err)) or type(err).__name__) from None
+        message = one_line(str(err)) or type(err).__name__
+        raise ReprlabError(unchosen_group(message, overrides) or message) from None
+
+
+def unchosen_group(message: str, overrides: Sequence[str]) -> str | None:
+    """For Hydra's "Could not override 'ref.arch'" about a key of a group no option was chosen
+    for (``ref``, ``pair``, ``experiment`` default to null): a message naming the group to choose
+    first. None for any other message."""
+    import re
+
+    match = re.match(r"Could not override '(ref|pair|experiment)\.([^']+)'", message)
+    if match is None:
+        return None
+    group, key = match.groups()
+    given = next((o for o in overrides if o.split("=", 1)[0] == f"{group}.{key}"), f"{group}.{key}")
+    return (
+        f"{given}: no {group} is chosen, so it has no {key}; choose one first, e.g. "
+        f"{group}=<option> {given} (`reprlab run --help` lists the options)"
+    )
 
 
 def check_output_dirs(cfg: Any, multirun: bool) -> None:
@@ -184,7 +202,7 @@ def preflight(
 
     from reprlab.analyses import validate_run
     from reprlab.cli import launchers
-    from reprlab.run.config import dataset_choice
+    from reprlab.run.config import check_asked_samples, dataset_choice
 
     try:
         check_group_choices(overrides)
@@ -200,6 +218,7 @@ def preflight(
             cfg = compose_config(job, with_hydra=validate)
             if validate:
                 choice = dataset_choice(cfg, cfg.hydra.runtime.choices, job)
+                check_asked_samples(cfg, job)
                 validate_run(cfg)
                 if composed is not None:
                     composed.append((job, cfg))

@@ -409,6 +409,36 @@ def run_recipe_names(cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, s
     return names
 
 
+SAMPLE_KEYS = {"examples": "test", "train_examples": "train", "ls_examples": "train"}
+"""``analysis.*`` sample sizes and the split they draw from (``examples``: ``analysis.split``
+where the analysis has one)."""
+
+
+def check_asked_samples(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Raise ReprlabError when a sample size given on the command line (``analysis.examples``,
+    ``analysis.train_examples``, ``analysis.ls_examples``) exceeds the images of its split of
+    the run's dataset (after ``dataset.train_limit``). Defaults larger than a small dataset
+    (e.g. ``synthetic``) keep meaning "all of it"."""
+    from reprlab.data import split_size
+
+    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    dataset = cfg.dataset
+    for key, split in SAMPLE_KEYS.items():
+        value = OmegaConf.select(cfg, f"analysis.{key}", default=None)
+        if f"analysis.{key}" not in given or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if key == "examples":
+            split = OmegaConf.select(cfg, "analysis.split", default=None) or split
+        size = split_size(str(dataset.name), str(split))
+        if split == "train" and dataset.train_limit is not None and size is not None:
+            size = min(size, int(dataset.train_limit))
+        if size is not None and value > size:
+            raise ReprlabError(
+                f"analysis.{key}={value} is more than the {size:,} {split} images of "
+                f"{dataset.name}; lower it to {size} or less"
+            )
+
+
 @dataclass(frozen=True)
 class DatasetChoice:
     """The run's dataset and who chose it: ``source`` is ``command line`` (``dataset=``),
@@ -545,7 +575,15 @@ def dataset_spec(node: Any) -> DatasetSpec:
     check_choice("dataset.name", spec.name, tuple(available_datasets()))
     check_nonempty("dataset.root", spec.root)
     if spec.train_limit is not None:
+        from reprlab.data import train_size
+
         check_positive("dataset.train_limit", spec.train_limit)
+        size = train_size(spec.name)
+        if size is not None and spec.train_limit > size:
+            raise ReprlabError(
+                f"dataset.train_limit={spec.train_limit} is more than the {size:,} training "
+                f"images of {spec.name}; lower it, or use dataset.train_limit=null for all"
+            )
     check_non_negative("dataset.eps_linf", spec.eps_linf)
     check_non_negative("dataset.eps_l2", spec.eps_l2)
     return spec
