@@ -30,7 +30,7 @@ from reprlab.run.recipes import build_for, describe_adversary, model_identity
 from reprlab.runtime import seeded_generator
 
 PROBE_SECONDS = 2.0
-"""On a CPU the timed batch doubles (2, 8, 16, ...) up to the recipe's while a pass takes less."""
+"""On a CPU the timed batch doubles (1, 4, 8, ...) up to the recipe's while a pass takes less."""
 
 WHOLE_TEST_SPLIT = 10_000
 """Images the monitor is counted with when it takes the whole test split (``monitor.examples``
@@ -97,7 +97,7 @@ def measure_pass(
     """The :class:`PassCost` of ``spec``'s architecture on ``device`` for images of ``info``'s
     shape (random images, train mode, cross-entropy; cached per architecture, dataset, device
     and batch). On a GPU the recipe's batch is timed (after a warm-up pass); on a CPU passes of
-    2, 8, 16, ... images, doubling while a pass takes under :data:`PROBE_SECONDS`, up to the
+    1, 4, 8, ... images, doubling while a pass takes under :data:`PROBE_SECONDS`, up to the
     recipe's batch, and the last two give the fit."""
     key = (spec.arch, info.name, str(device), batch_size)
     if key in _MEASURED:
@@ -123,8 +123,8 @@ def measure_pass(
         seconds = min(timed(batch_size) for _ in range(3))
         cost = PassCost(0.0, seconds / batch_size)
     else:
-        timed(min(2, batch_size))  # warm-up
-        points = [(n, timed(n)) for n in sorted({min(2, batch_size), min(8, batch_size)})]
+        timed(1)  # warm-up
+        points = [(n, timed(n)) for n in sorted({1, min(4, batch_size)})]
         while points[-1][0] < batch_size and points[-1][1] < PROBE_SECONDS:
             n = min(2 * points[-1][0], batch_size)
             points.append((n, timed(n)))
@@ -202,17 +202,19 @@ def estimate(
     monitor_steps: int,
     devices: int = 1,
     measure: bool = True,
+    images: int | None = None,
 ) -> TrainingCost:
     """The :class:`TrainingCost` of training ``spec`` on ``dataset`` (its training dataset) on
     ``device`` with ``devices`` data-parallel processes; ``measure`` times passes
-    (:func:`measure_pass`)."""
+    (:func:`measure_pass`). ``images``: the images an epoch trains on, when known from the
+    loader (default: :func:`training_images`, from the split's published size)."""
     info = dataset_info(dataset.name)
     batch = spec.train.batch_size
     return TrainingCost(
         name=spec.name,
         threat=describe_adversary(spec),
         dataset=dataset.name,
-        images=training_images(spec, dataset),
+        images=training_images(spec, dataset) if images is None else images,
         batch_size=batch,
         epochs=spec.train.epochs,
         passes=passes_per_image(spec),

@@ -180,19 +180,8 @@ def train_recipe(
     process (an initialised process group) every rank trains its shard; only rank 0's ``files``
     write.
     """
-    if not distributed.active():  # what will train and its cost, before it starts
-        cost = estimate(
-            spec,
-            dataset,
-            device,
-            monitor_examples=monitor.examples,
-            monitor_batch_size=monitor.batch_size,
-            monitor_steps=monitor.attack.steps,
-            devices=trainer.devices,
-        )
-        log.info("model %s: training %s", spec.name, cost.what())
-        log.info("model %s: %s", spec.name, cost.cost())
     if trainer.devices > 1 and not distributed.active():
+        announce(spec, dataset, device, monitor, trainer)
         return train_in_processes(
             spec, dataset, files, device=device, monitor=monitor, num_workers=num_workers,
             progress=progress, trainer=trainer,
@@ -233,6 +222,8 @@ def train_recipe(
             f"fewer training images than model.train.batch_size={spec.train.batch_size}; "
             "lower the batch size or raise dataset.train_limit"
         )
+    if not distributed.active():
+        announce(spec, dataset, device, monitor, trainer, images=len(loader) * spec.train.batch_size)
     clean_name, robust_name = monitor.names
 
     def evaluate(net: torch.nn.Module, epoch: int) -> dict[str, float]:
@@ -292,6 +283,31 @@ def train_recipe(
             best["epoch"],
         )
     return model.state_dict(), _summary(history, monitor, trainer, best)
+
+
+def announce(
+    spec: ModelRecipe,
+    dataset: DatasetSpec,
+    device: torch.device,
+    monitor: Monitor,
+    trainer: Trainer,
+    images: int | None = None,
+) -> None:
+    """Log what will train (recipe and threat, dataset, images, epochs, the adversary's passes)
+    and its estimated cost on ``device`` (:func:`reprlab.run.plan.estimate`), before training.
+    ``images``: an epoch's training images as the loader holds them."""
+    cost = estimate(
+        spec,
+        dataset,
+        device,
+        monitor_examples=monitor.examples,
+        monitor_batch_size=monitor.batch_size,
+        monitor_steps=monitor.attack.steps,
+        devices=trainer.devices,
+        images=images,
+    )
+    log.info("model %s: training %s", spec.name, cost.what())
+    log.info("model %s: %s", spec.name, cost.cost())
 
 
 def _summary(
