@@ -2,6 +2,11 @@
 more attacks side by side (e.g. PGD and AutoAttack), with AutoAttack's per-stage accuracies,
 the per-example worst case over the attacks, and sanity flags a reviewer checks first.
 
+The radii are the ones asked (``analysis.eps``; null: fractions of ``attack.eps``). The summary's
+``robust_acc`` is at a radius asked (``eps``; ``eps_rule`` says which): the model's training ε
+when it is among them (same norm), else the largest asked (``attack.eps`` when ``analysis.eps``
+is null); a robust model's training ε and norm stand beside it (``train_eps``, ``train_norm``).
+
 Flags (named in the summary's ``flags``; ``sanity`` is ``ok`` without any):
 
 - ``pgd_autoattack_disagree``: at some radius a PGD attack and an AutoAttack run differ by more
@@ -16,6 +21,7 @@ Flags (named in the summary's ``flags``; ``sanity`` is ``ok`` without any):
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,7 +29,7 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from reprlab.analyses import inputs, settings_once
 from reprlab.core.attacks import correct_under
@@ -34,6 +40,7 @@ from reprlab.io import plots
 from reprlab.run.config import (
     AttackSpec,
     AutoAttackSpec,
+    ModelRecipe,
     attack_spec,
     check_non_negative,
     check_positive,
@@ -64,16 +71,33 @@ class Settings:
     zero_gradient_share: float  # flag more exactly-zero input gradients than this (fraction)
 
 
+def asked_radii(cfg: DictConfig, eps: Any) -> list[float]:
+    """The radii the user asked for: ``analysis.eps`` (one radius or a list), or, when it is
+    null, the run's ``attack.eps``."""
+    if eps is None:
+        return [float(cfg.attack.eps)]
+    return [float(v) for v in (eps if isinstance(eps, (list, tuple, ListConfig)) else [eps])]
+
+
 def radii(cfg: DictConfig, eps: Any) -> list[float]:
-    """The radii to evaluate: ``eps`` or fractions of ``attack.eps``; always with 0 and
-    ``attack.eps`` itself (the summary's robust accuracy)."""
-    base = float(cfg.attack.eps)
-    values = eps
-    if values is None:
-        values = [f * base for f in DEFAULT_FRACTIONS]
-    elif isinstance(values, (int, float)):
-        values = [values]
-    return sorted({0.0, base, *(float(v) for v in values)})
+    """The radii to evaluate: the ``analysis.eps`` asked, or, when it is null, fractions 0 ... 1.5
+    of ``attack.eps``; always with 0 (clean accuracy)."""
+    if eps is None:
+        base = float(cfg.attack.eps)
+        return sorted({0.0, *(f * base for f in DEFAULT_FRACTIONS)})
+    return sorted({0.0, *asked_radii(cfg, eps)})
+
+
+def headline_radius(asked: list[float], norm: str, spec: ModelRecipe) -> tuple[float, str]:
+    """(radius, rule) of the summary's ``robust_acc``: the model's training ε when the model is
+    adversarially trained in ``norm`` and that ε is among the radii ``asked``; else the largest
+    radius asked. ``rule`` names which one applied."""
+    a = spec.adversary
+    if a is not None and a.norm == norm:
+        for eps in asked:
+            if math.isclose(eps, a.eps, rel_tol=1e-6, abs_tol=1e-9):
+                return eps, "the model's training eps"
+    return max(asked), "the largest eps asked" if len(asked) > 1 else "the eps asked"
 
 
 def attack_specs(cfg: DictConfig, names: list[str] | None) -> list[AttackSpec | AutoAttackSpec]:
@@ -114,6 +138,11 @@ def settings(cfg: DictConfig) -> Settings:
     check_non_negative("analysis.zero_gradient_share", s.zero_gradient_share)
     attack = attack_spec(cfg.attack)
     given = s.eps if isinstance(s.eps, list) else [s.eps] if s.eps is not None else []
+    if isinstance(s.eps, list) and not given:
+        raise ReprlabError(
+            "analysis.eps=[] is empty: give a radius or a list of radii, e.g. analysis.eps=[0.1] "
+            "(or analysis.eps=null for fractions of attack.eps)"
+        )
     for value in given:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ReprlabError(
@@ -159,11 +188,12 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             num_classes=ctx.info.num_classes,
         )
 
-    at_attack_eps = [build(spec, own.eps) for spec in specs]
-    labels = _labels(at_attack_eps)
+    headline, rule = headline_radius(asked_radii(cfg, s.eps), own.norm, loaded.recipe)
+    at_headline = [build(spec, headline) for spec in specs]
+    labels = _labels(at_headline)
     ctx.run.update(
         attacks={
-            label: attack.settings() for label, attack in zip(labels, at_attack_eps, strict=True)
+            label: attack.settings() for label, attack in zip(labels, at_headline, strict=True)
         }
     )
     clean = correct_under(model, batches, None, progress=ctx.progress)
@@ -232,15 +262,25 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     if flags:
         print("sanity flags: " + "; ".join(f"{k}: {details[k]}" for k in flags))
 
-    at_eps = table.loc[(table.eps - own.eps).abs().idxmin()]
+    at_eps = table.loc[(table.eps - headline).abs().idxmin()]
+    trained = loaded.recipe.adversary
+    trained_at = f"; trained at {trained.norm} ε={trained.eps:.4g}" if trained is not None else ""
+    print(
+        f"robust accuracy {float(at_eps.accuracy):.4f} at {own.norm} ε={headline:.4g} "
+        f"({rule.replace('eps', 'ε')}{trained_at})"
+    )
     summary: dict[str, Any] = {
         "clean_acc": float(table.accuracy.iloc[0]),
         "robust_acc": float(at_eps.accuracy),
-        "eps": float(own.eps),
+        "eps": float(headline),
+        "eps_rule": rule,
         "norm": own.norm,
         "attacks": " + ".join(labels),
         "examples": n,
     }
+    if trained is not None:  # a robust model: the radius it was trained at, beside the headline
+        summary["train_eps"] = float(trained.eps)
+        summary["train_norm"] = trained.norm
     if isinstance(own, AttackSpec):
         summary["steps"] = own.steps
     if len(labels) > 1:

@@ -101,6 +101,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
 
     from reprlab.analyses import get_analysis, validate_run
     from reprlab.io.runs import RunDirectory
+    from reprlab.run.config import dataset_choice
     from reprlab.run.context import RunContext
     from reprlab.runtime import seed_everything
 
@@ -123,6 +124,8 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
             device=str(ctx.device),
         )
         run.update(seeds=seeds, dataset=ctx.dataset.name, trainer=ctx.trainer.record())
+        choice = dataset_choice(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
+        run.update(dataset_choice=choice.record())
         log.info("%s run in %s", analysis.name, path)
         summary = analysis.run(cfg, ctx)
     except (KeyboardInterrupt, Interrupted) as err:

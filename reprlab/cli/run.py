@@ -95,7 +95,27 @@ def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> Any
     """
     from reprlab.run.config import compose
 
-    return compose(overrides, with_hydra=with_hydra)
+    try:
+        return compose(overrides, with_hydra=with_hydra)
+    except ReprlabError as err:
+        raise ReprlabError(unchosen_group(str(err), overrides) or str(err)) from None
+
+
+def unchosen_group(message: str, overrides: Sequence[str]) -> str | None:
+    """For Hydra's "Could not override 'ref.arch'" about a key of a group no option was chosen
+    for (``ref``, ``pair``, ``experiment`` default to null): a message naming the group to choose
+    first. None for any other message."""
+    import re
+
+    match = re.match(r"Could not override '(ref|pair|experiment)\.([^']+)'", message)
+    if match is None:
+        return None
+    group, key = match.groups()
+    given = next((o for o in overrides if o.split("=", 1)[0] == f"{group}.{key}"), f"{group}.{key}")
+    return (
+        f"{given}: no {group} is chosen, so it has no {key}; choose one first, e.g. "
+        f"{group}=<option> {given} (`reprlab run --help` lists the options)"
+    )
 
 
 def check_output_dirs(cfg: Any, multirun: bool) -> None:
@@ -130,18 +150,26 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
         )
 
 
-def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True) -> str | None:
+def preflight(
+    overrides: Sequence[str],
+    multirun: bool,
+    *,
+    validate: bool = True,
+    composed: list[tuple[list[str], Any]] | None = None,
+) -> str | None:
     """Compose and validate every job of the run; raise ReprlabError on the first problem.
 
     With ``validate=False`` (``--cfg``, ``--info``, ``--help``) only the composition is checked:
     unknown options and keys, malformed overrides. Returns the sweep directory of a validated
-    multirun as composed now (None otherwise), for :func:`pin_sweep_dir`.
+    multirun as composed now (None otherwise), for :func:`pin_sweep_dir`. ``composed``, when
+    given, receives (overrides, config) of every validated job, and the run's dataset choice is
+    printed (``dataset: cifar10 (model=resnet18_at's ...)``), once per distinct line.
     """
     from hydra.errors import HydraException
 
     from reprlab.analyses import validate_run
     from reprlab.cli import launchers
-    from reprlab.run.config import one_line
+    from reprlab.run.config import check_asked_samples, dataset_choice, one_line
 
     try:
         check_group_choices(overrides)
@@ -151,11 +179,17 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
         raise ReprlabError(one_line(str(err))) from None
     stores = []
     sweep_dir = None
+    choices: dict[str, None] = {}
     for job in jobs:
         try:
             cfg = compose_config(job, with_hydra=validate)
             if validate:
+                choice = dataset_choice(cfg, cfg.hydra.runtime.choices, job)
+                check_asked_samples(cfg, job)
                 validate_run(cfg)
+                if composed is not None:
+                    composed.append((job, cfg))
+                    choices.setdefault(choice.describe(), None)
                 check_output_dirs(cfg, multirun)
                 stores.append(str(cfg.paths.store))
                 if multirun and sweep_dir is None:
@@ -165,6 +199,8 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
             raise ReprlabError(f"{prefix}{err}") from None
     if validate and multirun:
         launchers.check_cluster(launcher, stores, warn=warn)
+    for line in choices:
+        print(line, flush=True)
     return sweep_dir
 
 
@@ -217,6 +253,19 @@ def _hydra_task(cfg: Any) -> Any:
     return None
 
 
+PLAN_FLAG = "--plan"
+"""``reprlab run ... --plan``: list the models the run (or sweep) would train or reuse, with their
+estimated cost, and stop; nothing runs and nothing is written."""
+
+
+def print_plan(composed: list[tuple[list[str], Any]]) -> int:
+    """Print the plan of the validated jobs ``composed`` (:mod:`reprlab.run.plan`); exit code 0."""
+    from reprlab.run.plan import plan_jobs
+
+    print(plan_jobs(composed).render(), flush=True)
+    return 0
+
+
 def run_command(args: Sequence[str]) -> int:
     """``reprlab run``: validate, then hand ``args`` to Hydra unchanged.
 
@@ -226,10 +275,16 @@ def run_command(args: Sequence[str]) -> int:
     from reprlab.cli.execute import install_signal_handlers
 
     install_signal_handlers()
+    plan_only = PLAN_FLAG in args
+    args = [arg for arg in args if arg != PLAN_FLAG]
     overrides, multirun, info_only = split_hydra_args(args)
     if "--shell-completion" not in args and "-sc" not in args:
+        composed: list[tuple[list[str], Any]] = []
         try:
-            args = pin_sweep_dir(args, preflight(overrides, multirun, validate=not info_only))
+            sweep_dir = preflight(overrides, multirun, validate=not info_only, composed=composed)
+            if plan_only and not info_only:
+                return print_plan(composed)
+            args = pin_sweep_dir(args, sweep_dir)
         except ReprlabError as err:
             if _debug():
                 raise

@@ -162,6 +162,7 @@ def fit(
     resume: Mapping[str, Any] | None = None,
     on_epoch_end: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     progress: bool = True,
+    what: str = "training",
 ) -> list[dict[str, Any]]:
     """Train the parameters of ``trainable`` for ``settings.epochs`` epochs; return the history.
 
@@ -191,6 +192,9 @@ def fit(
         tensors and plain values: ``epoch``; ``modules`` (name -> state dict, for the trainable
         modules and, with ``frozen_bn="train"``, the frozen ones); ``optimizer``; ``scheduler``;
         ``history``.
+    what:
+        What is trained, in the log line that estimates the whole fit's time from its first
+        batches (:class:`OverallEta`); the progress bar shows the time left over all epochs.
 
     Returns
     -------
@@ -244,6 +248,7 @@ def fit(
         start_epoch = int(resume["epoch"]) + 1
 
     all_modules = [*trainable.values(), *frozen.values()]
+    eta = OverallEta((settings.epochs - start_epoch + 1) * steps_per_epoch)
     with (
         module_mode(*all_modules, mode="keep"),
         requires_grad_off(frozen_parameters),
@@ -277,6 +282,9 @@ def fit(
                     value = value.detach() if isinstance(value, torch.Tensor) else value
                     stat_sums[name] = stat_sums[name] + value if name in stat_sums else value
                 seen += n
+                if eta.step():
+                    log.info("%s: %s", what, eta.describe())
+                bar.set_postfix_str(f"all epochs: {eta.left()} left", refresh=False)
             if distributed.active():  # the epoch's sums over every rank's shards
                 loss_sum = distributed.all_reduce_sum(loss_sum)
                 seen = int(distributed.all_reduce_sum(torch.tensor(seen, device=device)))
@@ -318,6 +326,71 @@ def fit(
                 }
                 on_epoch_end(state, record)
     return history
+
+
+def format_duration(seconds: float) -> str:
+    """A duration rounded for a person: ``40 s``, ``12 min``, ``3 h 20 min``, ``4.2 days``."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    hours = minutes / 60
+    if hours < 48:
+        whole = int(hours)
+        return f"{whole} h {round((hours - whole) * 60):02d} min"
+    days = hours / 24
+    return f"{days:.1f} days" if days < 365 else f"{days / 365:.1f} years"
+
+
+class OverallEta:
+    """The time left of a whole fit (every remaining epoch, held-out evaluations included), from
+    the wall-clock time of the batches done so far.
+
+    :meth:`step` after each batch returns True once, when the first estimate is due: after
+    :attr:`FIRST_BATCHES` batches, or the first batch that took :attr:`FIRST_SECONDS` or more.
+    """
+
+    FIRST_BATCHES = 3
+    FIRST_SECONDS = 10.0
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.done = 0
+        self.started = time.perf_counter()
+        self.announced = False
+
+    def step(self) -> bool:
+        self.done += 1
+        due = (
+            self.done >= min(self.FIRST_BATCHES, self.batches) or self.elapsed >= self.FIRST_SECONDS
+        )
+        if due and not self.announced:
+            self.announced = True
+            return True
+        return False
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def seconds_left(self) -> float:
+        """Estimated seconds until the last batch of the last epoch."""
+        return self.elapsed / max(self.done, 1) * (self.batches - self.done)
+
+    def left(self) -> str:
+        return format_duration(self.seconds_left())
+
+    def describe(self) -> str:
+        """E.g. ``about 3 h 20 min for the whole training (the first 3 of 7,800 batches: 1.54 s
+        each)``."""
+        per_batch = self.elapsed / max(self.done, 1)
+        return (
+            f"about {format_duration(per_batch * self.batches)} for its {self.batches:,} batches "
+            f"on this device (measured over the first {self.done}: {per_batch:.3g} s each)"
+        )
 
 
 def _set_modes(trainable: Iterable[nn.Module], frozen: Iterable[nn.Module], frozen_bn: str) -> None:

@@ -101,6 +101,7 @@ def train_classifier(
     resume: dict[str, Any] | None = None,
     on_epoch_end: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     progress: bool = True,
+    what: str = "training",
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``settings.epochs`` epochs; return the per-epoch history.
 
@@ -162,6 +163,7 @@ def train_classifier(
         resume=None if resume is None else _fit_state(resume),
         on_epoch_end=None if on_epoch_end is None else report,
         progress=progress,
+        what=what,
     )
     model.eval()
     return history

@@ -17,6 +17,7 @@ from reprlab.data.registry import (
     dataset_info,
     download,
     load_tensors,
+    split_size,
     subset_indices,
     train_size,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "download",
     "load_tensors",
     "make_loader",
+    "split_size",
     "subset_indices",
     "train_size",
 ]

@@ -122,6 +122,27 @@ def dataset_info(name: str) -> DatasetInfo:
         ) from None
 
 
+# Size of each test split (published counts; ImageNet: its validation set). Unknown: None.
+_TEST_SIZES: dict[str, int] = {
+    "mnist": 10_000,
+    "fashion_mnist": 10_000,
+    "cifar10": 10_000,
+    "cifar100": 10_000,
+    "svhn": 26_032,
+    "imagenet": 50_000,
+}
+
+
+def split_size(name: str, split: str) -> int | None:
+    """Number of images in ``split`` ("train" or "test") of ``name`` (None where not fixed)."""
+    if split == "train":
+        return train_size(name)
+    _check_split(split)
+    if name == "synthetic":
+        return SYNTHETIC_SIZES["test"]
+    return _TEST_SIZES.get(name)
+
+
 def train_size(name: str) -> int | None:
     """Number of images in the training split of ``name`` (None where it is not fixed, e.g.
     restricted_imagenet, whose size depends on the folders present)."""

@@ -437,7 +437,122 @@ def compose_model_node(name: str) -> DictConfig:
     else:
         with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="reprlab"):
             cfg = compose(config_name="config", overrides=overrides)
+    _HOME_DATASETS.setdefault(name, str(cfg.dataset.name))
     return cfg.model
+
+
+_HOME_DATASETS: dict[str, str] = {}
+
+
+def recipe_home_dataset(name: str) -> str:
+    """The dataset recipe file ``conf/model/<name>.yaml`` is meant for: the ``dataset`` group
+    option its defaults list picks (``override /dataset@_global_.dataset: cifar10``), which a run
+    without ``dataset=`` uses. Raises ReprlabError for a name that is not a recipe."""
+    if name not in _HOME_DATASETS:
+        compose_model_node(name)
+    return _HOME_DATASETS[name]
+
+
+def run_recipe_names(cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, str]:
+    """Where each recipe of a run comes from -> its recipe file's name: ``model=`` and ``ref=``
+    (as chosen, by the command line, a ``pair`` or an experiment: Hydra's ``choices``) and the
+    entries of ``analysis.models`` (a name, or ``{recipe: name, ...}``)."""
+    names = {
+        f"{where}={choices[where]}": str(choices[where])
+        for where in ("model", "ref")
+        if choices.get(where) is not None
+    }
+    models = OmegaConf.select(cfg, "analysis.models", default=None)
+    if isinstance(models, ListConfig):
+        for index, entry in enumerate(models):
+            name = entry.get("recipe") if isinstance(entry, DictConfig) else entry
+            if isinstance(name, str) and name in group_options("model"):
+                names[f"analysis.models[{index}]={name}"] = name
+    if models is not None and choices.get("model") is not None:
+        names.pop(f"model={choices['model']}")  # a model set: `model` is not used
+    return names
+
+
+SAMPLE_KEYS = {"examples": "test", "train_examples": "train", "ls_examples": "train"}
+"""``analysis.*`` sample sizes and the split they draw from (``examples``: ``analysis.split``
+where the analysis has one)."""
+
+
+def check_asked_samples(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Raise ReprlabError when a sample size given on the command line (``analysis.examples``,
+    ``analysis.train_examples``, ``analysis.ls_examples``) exceeds the images of its split of
+    the run's dataset (after ``dataset.train_limit``). Defaults larger than a small dataset
+    (e.g. ``synthetic``) keep meaning "all of it"."""
+    from reprlab.data import split_size
+
+    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    dataset = cfg.dataset
+    for key, split in SAMPLE_KEYS.items():
+        value = OmegaConf.select(cfg, f"analysis.{key}", default=None)
+        if f"analysis.{key}" not in given or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if key == "examples":
+            split = OmegaConf.select(cfg, "analysis.split", default=None) or split
+        size = split_size(str(dataset.name), str(split))
+        if split == "train" and dataset.train_limit is not None and size is not None:
+            size = min(size, int(dataset.train_limit))
+        if size is not None and value > size:
+            raise ReprlabError(
+                f"analysis.{key}={value} is more than the {size:,} {split} images of "
+                f"{dataset.name}; lower it to {size} or less"
+            )
+
+
+@dataclass(frozen=True)
+class DatasetChoice:
+    """The run's dataset and who chose it: ``source`` is ``command line`` (``dataset=``),
+    ``experiment <name>``, or ``recipe`` (no ``dataset=`` given: the recipes' own dataset);
+    ``recipes`` maps each recipe of the run (``model=resnet18_at``) to the dataset it is meant
+    for."""
+
+    name: str
+    source: str
+    recipes: dict[str, str]
+
+    def describe(self) -> str:
+        """One line for the start of a run, e.g. ``dataset: cifar10 (model=resnet18_at's)``."""
+        others = {where: home for where, home in self.recipes.items() if home != self.name}
+        if self.source == "recipe":
+            whose = ", ".join(self.recipes) or "the default"
+            return f"dataset: {self.name} (the dataset of {whose}; dataset=<name> chooses another)"
+        text = f"dataset: {self.name} (chosen by {self.source}"
+        if others:
+            meant = ", ".join(f"{where} is meant for {home}" for where, home in others.items())
+            text += f"; {meant}"
+        return text + ")"
+
+    def record(self) -> dict[str, Any]:
+        """As recorded in run.json."""
+        return {"name": self.name, "chosen_by": self.source, "recipes_meant_for": self.recipes}
+
+
+def dataset_choice(
+    cfg: DictConfig, choices: Mapping[str, Any], overrides: Sequence[str]
+) -> DatasetChoice:
+    """Who chose the run's dataset (``choices``: Hydra's group choices; ``overrides``: the job's
+    command-line overrides); raises ReprlabError when nobody did and the run's recipes are meant
+    for different datasets (a one-line request for ``dataset=``)."""
+    recipes = {
+        where: recipe_home_dataset(name) for where, name in run_recipe_names(cfg, choices).items()
+    }
+    name = str(cfg.dataset.name)
+    if any(o.lstrip("+~").split("=", 1)[0] == "dataset" for o in overrides):
+        return DatasetChoice(name, "command line", recipes)
+    if choices.get("experiment") is not None:
+        return DatasetChoice(name, f"experiment {choices['experiment']}", recipes)
+    homes = sorted(set(recipes.values()))
+    if len(homes) > 1:
+        meant = ", ".join(f"{where} is meant for {home}" for where, home in recipes.items())
+        raise ReprlabError(
+            f"the run's recipes are meant for different datasets ({meant}); choose one with "
+            + " or ".join(f"dataset={home}" for home in homes)
+        )
+    return DatasetChoice(name, "recipe", recipes)
 
 
 def recipe_named(
@@ -524,7 +639,15 @@ def dataset_spec(node: Any) -> DatasetSpec:
     check_choice("dataset.name", spec.name, tuple(available_datasets()))
     check_nonempty("dataset.root", spec.root)
     if spec.train_limit is not None:
+        from reprlab.data import train_size
+
         check_positive("dataset.train_limit", spec.train_limit)
+        size = train_size(spec.name)
+        if size is not None and spec.train_limit > size:
+            raise ReprlabError(
+                f"dataset.train_limit={spec.train_limit} is more than the {size:,} training "
+                f"images of {spec.name}; lower it, or use dataset.train_limit=null for all"
+            )
     check_non_negative("dataset.eps_linf", spec.eps_linf)
     check_non_negative("dataset.eps_l2", spec.eps_l2)
     return spec

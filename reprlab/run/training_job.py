@@ -29,7 +29,8 @@ from reprlab.data import DatasetInfo, TensorLoader, load_tensors, make_loader
 from reprlab.errors import ReprlabError
 from reprlab.io.store import TrainingFiles
 from reprlab.run.config import DatasetSpec, ModelRecipe, ValidationSpec
-from reprlab.run.recipes import build_for, describe_adversary, monitor_attack, train_settings
+from reprlab.run.plan import estimate
+from reprlab.run.recipes import build_for, monitor_attack, train_settings
 from reprlab.runtime import SpeedSwitches, seeded_generator
 
 log = logging.getLogger("reprlab")
@@ -180,16 +181,11 @@ def train_recipe(
     write.
     """
     if trainer.devices > 1 and not distributed.active():
+        announce(spec, dataset, device, monitor, trainer)
         return train_in_processes(
             spec, dataset, files, device=device, monitor=monitor, num_workers=num_workers,
             progress=progress, trainer=trainer,
         )  # fmt: skip
-    log.info(
-        "model %s: training (%s, %d epochs)",
-        spec.name,
-        describe_adversary(spec),
-        spec.train.epochs,
-    )
     model = build_for(spec, info)
     validation = spec.validation
     if validation is not None:
@@ -226,6 +222,8 @@ def train_recipe(
             f"fewer training images than model.train.batch_size={spec.train.batch_size}; "
             "lower the batch size or raise dataset.train_limit"
         )
+    if not distributed.active():
+        announce(spec, dataset, device, monitor, trainer, images=len(loader) * spec.train.batch_size)
     clean_name, robust_name = monitor.names
 
     def evaluate(net: torch.nn.Module, epoch: int) -> dict[str, float]:
@@ -272,6 +270,7 @@ def train_recipe(
         resume=resume,
         on_epoch_end=on_epoch_end,
         progress=progress,
+        what=f"model {spec.name}",
     )
     if keep_best and best is not None:
         # The best epoch's weights are kept as its snapshot (cka_epochs compares it with the
@@ -284,6 +283,31 @@ def train_recipe(
             best["epoch"],
         )
     return model.state_dict(), _summary(history, monitor, trainer, best)
+
+
+def announce(
+    spec: ModelRecipe,
+    dataset: DatasetSpec,
+    device: torch.device,
+    monitor: Monitor,
+    trainer: Trainer,
+    images: int | None = None,
+) -> None:
+    """Log what will train (recipe and threat, dataset, images, epochs, the adversary's passes)
+    and its estimated cost on ``device`` (:func:`reprlab.run.plan.estimate`), before training.
+    ``images``: an epoch's training images as the loader holds them."""
+    cost = estimate(
+        spec,
+        dataset,
+        device,
+        monitor_examples=monitor.examples,
+        monitor_batch_size=monitor.batch_size,
+        monitor_steps=monitor.attack.steps,
+        devices=trainer.devices,
+        images=images,
+    )
+    log.info("model %s: training %s", spec.name, cost.what())
+    log.info("model %s: %s", spec.name, cost.cost())
 
 
 def _summary(
