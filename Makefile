@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATA   := $(or $(REPRLAB_DATA),outputs/data)
 MNIST  := $(DATA)/MNIST/raw/t10k-labels-idx1-ubyte
 
-.PHONY: help setup data demo test test-all lint bench docs clean
+.PHONY: help setup data demo test test-all lint bench docs wheels gpu-check clean
 
 help:
 	@echo "make demo      set up, then train a standard and a robust MNIST CNN, evaluate, compare (CKA)"
@@ -15,6 +15,8 @@ help:
 	@echo "make lint      ruff check + format check"
 	@echo "make bench     the speed benchmarks in scripts/"
 	@echo "make docs      regenerate docs/reference.md from the configs"
+	@echo "make wheels    download the wheels gpu-check installs on a GPU machine without PyPI"
+	@echo "make gpu-check on a CUDA machine: GPU tests, benchmarks, a paper experiment -> one JSON"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +65,21 @@ bench: setup
 
 docs:
 	$(PYTHON) scripts/gen_docs.py
+
+# The GPU machine has torch but no hydra/omegaconf/antlr4/pytest and no network: carry their
+# wheels in the (ignored) outputs/wheels. antlr4-python3-runtime 4.9.3 is an sdist: built here.
+WHEELS := outputs/wheels
+wheels: setup
+	$(BIN)/python -m pip download --quiet -c constraints.txt --no-deps --only-binary=:all: \
+	  --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
+	  -d $(WHEELS) hydra-core omegaconf pyyaml pytest pluggy iniconfig packaging pygments
+	$(BIN)/python -m pip wheel --quiet -c constraints.txt --no-deps -w $(WHEELS) \
+	  antlr4-python3-runtime
+
+# Runs with whatever python has torch (a GPU machine's own, or the venv): no `setup` here.
+GPU_PYTHON ?= $(shell [ -x $(BIN)/python ] && echo $(BIN)/python || echo python3)
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py --out outputs/gpu_check.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -20,7 +20,7 @@ NUM_CLASSES = 10
 
 # Forward + backward of these takes seconds on 2 CPU cores; their code paths are shared with a
 # cheaper sibling (wrn28_10), so the gradient and memory-format checks run them only with -m slow.
-HEAVY = {"wrn34_10"}
+HEAVY = {"wrn34_10", "dm_wrn70_16"}
 
 
 def _arch_params(archs: list[str]) -> list:
@@ -85,6 +85,8 @@ def test_registry_holds_every_architecture_family():
         "vgg19_bn",
         "wrn28_10",
         "wrn34_10",
+        "dm_wrn28_10",
+        "dm_wrn70_16",
         "tv_resnet18",
         "tv_resnet50",
         "dim_encoder",
@@ -115,7 +117,7 @@ def test_normaliser_with_wrong_channel_count_is_a_user_error():
 # --- every architecture ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", available_archs())
+@pytest.mark.parametrize("arch", _arch_params(available_archs()))
 def test_forward_runs_each_stage_module_once_in_stage_order(arch):
     model = _model(arch)
     fired: list[str] = []
@@ -136,7 +138,7 @@ def test_forward_runs_each_stage_module_once_in_stage_order(arch):
     assert model.input_shape == (3, 32, 32)
 
 
-@pytest.mark.parametrize("arch", available_archs())
+@pytest.mark.parametrize("arch", _arch_params(available_archs()))
 def test_representation_tap_is_the_final_linear_input(arch):
     model = _model(arch)
     with torch.no_grad():
@@ -151,7 +153,7 @@ def test_representation_tap_is_the_final_linear_input(arch):
     assert (logits[0] - logits[1]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("arch", available_archs())
+@pytest.mark.parametrize("arch", _arch_params(available_archs()))
 def test_normaliser_is_the_first_layer_and_stages_compose_to_the_nets_forward(arch):
     """``model.net``'s own forward (torchvision's for tv_resnets) equals running the stages."""
     model = _model(arch)
@@ -162,7 +164,7 @@ def test_normaliser_is_the_first_layer_and_stages_compose_to_the_nets_forward(ar
         assert torch.equal(model(x), model.net((x - mean) / std))
 
 
-@pytest.mark.parametrize("arch", available_archs())
+@pytest.mark.parametrize("arch", _arch_params(available_archs()))
 def test_single_channel_16px_input(arch):
     """The synthetic dataset's 1x16x16 images run through every architecture."""
     model = _model(arch, in_channels=1, image_size=16)
@@ -376,7 +378,7 @@ def _counting_hooks(model: Classifier, paths, fired: list[str]):
     ]
 
 
-@pytest.mark.parametrize("arch", available_archs())
+@pytest.mark.parametrize("arch", _arch_params(available_archs()))
 def test_features_run_only_the_stages_they_need(arch):
     """A first-stage tap runs the first stage only; a layer tap stops after its own stage."""
     model = _model(arch)
@@ -410,7 +412,7 @@ def test_features_run_only_the_stages_they_need(arch):
     torch.testing.assert_close(got[layer], from_full_pass, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("arch", available_archs())
+@pytest.mark.parametrize("arch", _arch_params(available_archs()))
 def test_layer_taps_fire_as_probed_in_forward_order_and_equal_hooked_outputs(arch):
     """Every conv/BN/ReLU/pool/linear call, independently hooked in a full forward pass."""
     model = _model(arch)

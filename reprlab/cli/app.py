@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "import",
         help="import an external checkpoint as a recipe's weights",
         description="Example: reprlab cache import cifar_l2_0_5.pt model=resnet50_at_l2 "
-        "dataset=cifar10 --format robustness. The model's clean accuracy on a seeded sample of "
-        "test images is measured and printed before it is stored.",
+        "dataset=cifar10 --format robustness, or a RobustBench model by name: reprlab cache "
+        "import robustbench:Carmon2019Unlabeled dataset=cifar10 threat=Linf. The model's clean "
+        "accuracy on a seeded sample of test images is measured and printed before it is stored.",
     )
     imp.add_argument("checkpoint")
     imp.add_argument("overrides", nargs="*", help="config overrides naming model= and dataset=")
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1000,
         help="test images for the accuracy check (default 1000; 0 skips it)",
+    )
+    imp.add_argument(
+        "--model-dir",
+        default=None,
+        help="robustbench:<name> only: RobustBench's model_dir, holding "
+        "<dir>/<dataset>/<threat>/<name>.pt (default <paths.outputs>/robustbench)",
     )
     imp.set_defaults(handler=cache_import)
     for sub in (ls, rm, gc, verify, imp):

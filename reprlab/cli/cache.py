@@ -121,18 +121,24 @@ def cache_verify(args: argparse.Namespace) -> int:
 
 def cache_import(args: argparse.Namespace) -> int:
     from reprlab.run.importing import import_checkpoint
+    from reprlab.run.zoo import zoo_source
 
     if args.examples < 0:
         raise ReprlabError(f"--examples={args.examples} is invalid: it must be >= 0")
-    cfg = compose_config(args.overrides)
-    done = import_checkpoint(
-        cfg,
-        Path(args.checkpoint),
-        args.format,
-        store_root(args, cfg),
-        force=args.force,
-        examples=args.examples,
-    )
+    if zoo_source(args.checkpoint) is not None:
+        from reprlab.cli.zoo import import_from_zoo
+
+        cfg, done = import_from_zoo(args)
+    else:
+        cfg = compose_config(args.overrides)
+        done = import_checkpoint(
+            cfg,
+            Path(args.checkpoint),
+            args.format,
+            store_root(args, cfg),
+            force=args.force,
+            examples=args.examples,
+        )
     entry = done.entry
     print(
         f"imported {args.checkpoint} (sha256 {entry.meta['checkpoint_sha256'][:16]}) as "

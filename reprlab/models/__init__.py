@@ -6,6 +6,7 @@ Importing this package registers every architecture family below.
 # Importing each family module registers its architectures.
 from reprlab.models import (  # noqa: F401
     cnn,
+    dm_wide_resnet,
     encoder,
     preact_resnet,
     resnet,

@@ -20,6 +20,7 @@ LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.conv._ConvNd,
     nn.modules.batchnorm._BatchNorm,
     nn.ReLU,
+    nn.SiLU,  # the DeepMind WideResNet's Swish
     nn.modules.pooling._MaxPoolNd,
     nn.modules.pooling._AvgPoolNd,
     nn.modules.pooling._AdaptiveAvgPoolNd,

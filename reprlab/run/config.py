@@ -216,6 +216,20 @@ class TrainSpec:
 
 
 @dataclass
+class PretrainedSpec:
+    """Where a recipe's weights come from when reprlab does not train them: a published model
+    imported with ``reprlab cache import`` (see :mod:`reprlab.run.zoo`). ``mean``/``std``: the
+    normalisation the model applies inside itself ([0]*c and [1]*c: none)."""
+
+    source: str  # robustbench
+    name: str  # the zoo's own name, e.g. Carmon2019Unlabeled
+    dataset: str  # the zoo's dataset: cifar10 | cifar100 | imagenet
+    threat: str  # the zoo's threat model: Linf | L2 | corruptions
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass
 class ModelRecipe:
     """A trained model recipe: architecture + training recipe (+ adversary) + seed."""
 
@@ -228,6 +242,7 @@ class ModelRecipe:
     validation: ValidationSpec | None = None
     checkpoint: str = "last"  # which weights analyses use: last | best (not part of the key)
     dataset: str | None = None  # its own training dataset (cross-task analyses); None: the run's
+    pretrained: PretrainedSpec | None = None  # imported, never trained here (reprlab.run.zoo)
 
 
 @dataclass
@@ -773,7 +788,12 @@ def validate(cfg: DictConfig) -> None:
     for where in ("model", "ref"):
         if cfg.get(where) is None:
             continue
-        check_recipe_for(recipe(cfg[where], where), where, dataset)
+        spec = recipe(cfg[where], where)
+        check_recipe_for(spec, where, dataset)
+        if spec.pretrained is not None:  # imported, never trained: it must be in the store
+            from reprlab.run.zoo import check_imported
+
+            check_imported(spec, dataset, str(cfg.paths.store))
     attack = attack_spec(cfg.get("attack"))
     check_radius("attack.eps", attack.eps, attack.norm, info)
     if isinstance(attack, AttackSpec) and attack.targeted:

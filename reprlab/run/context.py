@@ -177,6 +177,10 @@ class RunContext:
             "device": str(self.device),
             "run": str(self.run.path),
         }
+        if spec.pretrained is not None and self.store.get(key) is None:
+            from reprlab.run.zoo import not_imported
+
+            raise not_imported(spec)  # a published model is imported, never trained here
         # Recorded before the store is asked, so a run killed while training says which model.
         self.run.update(models={role: {"name": spec.name, "key": key}})
         entry, trained = self.store.obtain(

@@ -194,6 +194,8 @@ def import_checkpoint(
     *,
     force: bool = False,
     examples: int = 1000,
+    checkpoint: Any = None,
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> Imported:
     """Store the checkpoint at ``path`` as the weights of ``cfg.model`` on ``cfg.dataset``.
 
@@ -201,7 +203,8 @@ def import_checkpoint(
     the clean accuracy on ``examples`` test images drawn with ``cfg.seed`` (0: skip; skipped
     with a note when the dataset's files are not on disk). meta.json records the file's
     sha256 (``checkpoint_sha256``: the imported weights' identity), the key remapping and the
-    accuracy.
+    accuracy. ``checkpoint``: the file's contents already loaded (and converted, e.g. by
+    :mod:`reprlab.run.zoo`); ``extra_meta`` is added to meta.json.
     """
     from reprlab.data import dataset_info
     from reprlab.io.store import ArtifactStore, file_sha256, load_weights, store_key
@@ -213,7 +216,8 @@ def import_checkpoint(
     dataset = recipe_dataset(spec, dataset_spec(cfg.dataset))
     info = dataset_info(dataset.name)
     model = build_for(spec, info)
-    checkpoint = load_weights(path)
+    if checkpoint is None:
+        checkpoint = load_weights(path)
     state, notes = convert_checkpoint(checkpoint, model.state_dict(), fmt)
     model.load_state_dict(state)
     identity = model_identity(spec, dataset)
@@ -263,6 +267,7 @@ def import_checkpoint(
             "skipped": skipped,
         },
         "imported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra_meta or {}),
     }
     entry = store.put(key, state, meta, force=force)
     return Imported(

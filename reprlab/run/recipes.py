@@ -28,6 +28,10 @@ def model_identity(spec: ModelRecipe, dataset: DatasetSpec) -> dict[str, Any]:
     for the old definition are never loaded into the new one.
     """
     info = dataset_info(dataset.name)
+    if spec.pretrained is not None:  # imported weights: the zoo's name is what identifies them
+        from reprlab.run.zoo import pretrained_identity
+
+        return pretrained_identity(spec, dataset, info)
     return {
         "kind": "model",
         "arch": spec.arch,
