@@ -45,7 +45,7 @@ def check_group_choices(overrides: Sequence[str]) -> None:
     """Raise ReprlabError for ``group=option`` overrides naming an option that does not exist."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from reprlab.run.config import GROUPS, group_options
+    from reprlab.run.groups import GROUPS, group_options
 
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         group = override.key_or_group
@@ -63,8 +63,13 @@ def check_group_choices(overrides: Sequence[str]) -> None:
                     f"{', '.join(options)}"
                 )
             if value != "null" and value not in options:
+                from reprlab.cli.guide import did_you_mean
+
+                hint = did_you_mean(value, options)
                 raise ReprlabError(
-                    f"unknown {group} '{value}'; choose one of: {', '.join(options)}"
+                    f"unknown {group} '{value}'{hint} (options: {', '.join(options)})"
+                    if hint
+                    else f"unknown {group} '{value}'; choose one of: {', '.join(options)}"
                 )
 
 
@@ -123,7 +128,7 @@ def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> Any
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from reprlab.run.config import config_dir
+    from reprlab.run.groups import config_dir
 
     _register_config_extras()
     try:
@@ -131,7 +136,10 @@ def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> Any
             return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         # ValueError: Hydra's answer to some malformed overrides (e.g. a null group choice).
-        raise ReprlabError(one_line(str(err)) or type(err).__name__) from None
+        from reprlab.cli.guide import explain_override_error
+
+        message = explain_override_error(str(err), overrides, compose_config)
+        raise ReprlabError(message or one_line(str(err)) or type(err).__name__) from None
 
 
 def check_output_dirs(cfg: Any, multirun: bool) -> None:
@@ -229,7 +237,7 @@ def _register_config_extras() -> None:
     from omegaconf import OmegaConf
 
     from reprlab.io.runs import RUN_ID
-    from reprlab.run.config import register_ref_group, register_resolvers
+    from reprlab.run.groups import register_ref_group, register_resolvers
 
     register_ref_group()
     register_resolvers()
@@ -264,6 +272,25 @@ def _hydra_task(cfg: Any) -> Any:
     return None
 
 
+def _help_page(args: Sequence[str], overrides: Sequence[str], multirun: bool) -> bool:
+    """Refuse unknown flags and ``-m --cfg``; print reprlab's own ``--help`` page (True when
+    printed). Hydra's ``--hydra-help`` stays Hydra's."""
+    from reprlab.cli.guide import check_flags, run_help
+
+    check_flags(args)
+    if multirun and any(a.split("=", 1)[0] in ("--cfg", "-c") for a in args):
+        raise ReprlabError(
+            "--cfg prints one job's config and cannot be combined with -m; drop -m and give "
+            "one value per key (e.g. model=cnn_small, not model=cnn_small,cnn_small_at)"
+        )
+    if not any(a in ("--help", "-h") for a in args):
+        return False
+    check_group_choices(overrides)
+    analysis = str(compose_config([o for o in overrides if "," not in o]).analysis.name)
+    print(run_help(overrides, analysis))
+    return True
+
+
 def run_command(args: Sequence[str]) -> int:
     """``reprlab run``: validate, then hand ``args`` to Hydra unchanged.
 
@@ -276,6 +303,8 @@ def run_command(args: Sequence[str]) -> int:
     overrides, multirun, info_only = split_hydra_args(args)
     if "--shell-completion" not in args and "-sc" not in args:
         try:
+            if _help_page(args, overrides, multirun):
+                return 0
             args = pin_sweep_dir(args, preflight(overrides, multirun, validate=not info_only))
         except ReprlabError as err:
             if _debug():
@@ -284,7 +313,7 @@ def run_command(args: Sequence[str]) -> int:
     import hydra
 
     from reprlab.cli import sweeps
-    from reprlab.run.config import config_dir
+    from reprlab.run.groups import config_dir
 
     _register_config_extras()
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
