@@ -31,6 +31,7 @@ from reprlab.core.autoattack import AutoAttack
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
+from reprlab.io.tables import print_table
 from reprlab.run.config import (
     AttackSpec,
     AutoAttackSpec,
@@ -226,8 +227,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     shown = table.drop(columns=["norm", "examples"]).rename(columns={"accuracy": "worst case"})
     if len(labels) == 1:
         shown = shown.drop(columns=["worst case"])
-    print(f"\n{summary_label} on {ctx.dataset.name}, {n} test images, {own.norm}:")
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print_table(shown, title=f"{summary_label} on {ctx.dataset.name}, {n} test images, {own.norm}:")
     if flags:
         print("sanity flags: " + "; ".join(f"{k}: {details[k]}" for k in flags))
 

@@ -37,7 +37,7 @@ def split_hydra_args(args: Sequence[str]) -> tuple[list[str], bool, bool]:
     return overrides, multirun, info_only
 
 
-REQUIRED_GROUPS = ("dataset", "model", "attack", "analysis")
+REQUIRED_GROUPS = ("dataset", "model", "attack", "analysis", "logger")
 """Groups every run needs an option of (``ref`` and ``experiment`` may be null)."""
 
 
@@ -198,6 +198,9 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
             cfg = compose_config(job, with_hydra=validate)
             if validate:
                 validate_run(cfg)
+                from reprlab.io.loggers import check_installed
+
+                check_installed(str(cfg.logger.name))
                 check_output_dirs(cfg, multirun)
                 stores.append(str(cfg.paths.store))
                 if multirun and sweep_dir is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,9 @@ def format_number(value: Any, digits: int = 4) -> str:
         if 1e-3 <= abs(number) < 1e6:
             text = f"{number:.{digits}g}"
             return f"{number:.0f}" if "e" in text else text
-        return f"{number:.{digits - 1}e}".replace("e-0", "e-").replace("e+0", "e")
+        mantissa, exponent = f"{number:.{digits - 1}e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{int(exponent)}"
     return str(value)
 
 
@@ -193,3 +195,30 @@ def tidy_value(value: Any) -> Any:
     if type(value) is float:
         return round_trip_float32(value)
     return value
+
+
+NORM_SYMBOLS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
+METHOD_NAMES = {"pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART"}
+
+
+def radius_text(eps: float, norm: str) -> str:
+    """An attack radius as papers write it: 8/255 for L∞ radii on the 1/255 grid, else 4
+    significant digits."""
+    if norm == "linf" and 0 < eps < 0.2 and abs(eps * 255 - round(eps * 255)) < 1e-3:
+        return f"{round(eps * 255)}/255"
+    return f"{eps:.4g}"
+
+
+def threat_text(adversary: Mapping[str, Any] | None) -> str:
+    """A model recipe's training threat in a few words: ``standard``, ``PGD-AT L∞ 0.2``,
+    ``TRADES L∞ 8/255 (β=6)``, ``MART L2 0.5 (λ=5)``."""
+    if not adversary:
+        return "standard"
+    norm = str(adversary.get("norm", "?"))
+    method = str(adversary.get("method", "pgd_at"))
+    text = f"{METHOD_NAMES.get(method, method)} {NORM_SYMBOLS.get(norm, norm)} "
+    text += radius_text(float(adversary.get("eps", float("nan"))), norm)
+    beta = adversary.get("beta")
+    if method in ("trades", "mart") and beta is not None:
+        text += f" ({'β' if method == 'trades' else 'λ'}={float(beta):g})"
+    return text

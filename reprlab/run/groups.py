@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import ListConfig, OmegaConf
 
-GROUPS = ("dataset", "model", "attack", "analysis", "ref", "pair", "experiment")
+GROUPS = ("dataset", "model", "attack", "analysis", "ref", "pair", "logger", "experiment")
 """Config groups a user picks options from; ``ref`` offers the same options as ``model``."""
 
 
