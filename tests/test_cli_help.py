@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO, reprlab_env
+
 from reprlab.cli.app import main
 
 

@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="manage the store of trained models and artifacts")
     cache_commands = cache.add_subparsers(dest="cache_command", metavar="action", required=True)
     store_help = "store directory (default: paths.store: $REPRLAB_STORE, else outputs/store)"
-    ls = cache_commands.add_parser("ls", help="list stored entries with recipe and accuracy")
+    ls = cache_commands.add_parser(
+        "ls", help="list stored entries: recipe, threat, accuracy, joined models, size, date"
+    )
+    ls.add_argument("--kind", help="only entries of this kind: model, stitch, iri, ...")
     ls.set_defaults(handler=cache_ls)
     rm = cache_commands.add_parser("rm", help="remove entries by key, key prefix or recipe name")
     rm.add_argument("entries", nargs="+")

@@ -44,7 +44,7 @@ def report(args: argparse.Namespace) -> int:
         print(f"{len(table)} runs -> {index} (open it in a browser: file://{index})")
     else:
         print_table(table)
-        print(f"\n{len(table)} runs under {root}; --format csv|md|html or --html to export")
+        print(f"\n{len(table)} runs; --format csv|md|html (or --html) exports them")
     return 0
 
 

@@ -96,7 +96,7 @@ def _figures(paths: Sequence[Path], page: Path, captions: Sequence[str] | None =
         url = _link(path, page)
         items.append(
             f'<figure><a href="{_e(url)}"><img src="{_e(url)}" alt="{_e(caption)}" '
-            f'loading="lazy"></a><figcaption>{_e(caption)}</figcaption></figure>'
+            f"></a><figcaption>{_e(caption)}</figcaption></figure>"
         )
     return f'<div class="figures">{"".join(items)}</div>'
 
