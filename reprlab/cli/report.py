@@ -41,7 +41,7 @@ def report(args: argparse.Namespace) -> int:
         from reprlab.io.html import write_site
 
         index = write_site(root, table)
-        print(f"{len(table)} runs -> {index} (open it in a browser: file://{index})")
+        print(f"{len(table)} runs -> {index}")
     else:
         print_table(table)
         print(f"\n{len(table)} runs; --format csv|md|html (or --html) exports them")

@@ -121,4 +121,4 @@ class SweepSummary(Callback):
             return
         written = write_report(sweep_dir, table, "summary")
         print_table(table, title=f"Sweep summary ({len(table)} runs)")
-        print(f"-> {', '.join(str(p) for p in written)}")
+        print(f"-> {sweep_dir}/: {', '.join(str(p.relative_to(sweep_dir)) for p in written)}")

@@ -15,7 +15,7 @@ from reprlab.errors import ReprlabError
 from reprlab.io.runs import RunDirectory
 from reprlab.io.tables import tidy_value
 
-LEADING_COLUMNS = ("run", "analysis", "status", "model", "ref", "dataset", "overrides")
+LEADING_COLUMNS = ("run", "analysis", "status", "model", "threat", "ref", "dataset", "overrides")
 TRAILING_COLUMNS = ("error",)
 
 
@@ -82,6 +82,11 @@ def run_status(record: dict[str, Any]) -> Any:
     return status if pid_alive(record.get("pid"), record.get("started_unix")) else "stale"
 
 
+def _entry(models: Any, role: str) -> dict[str, Any]:
+    entry = models.get(role) if isinstance(models, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
 def _name(models: Any, role: str) -> Any:
     entry = models.get(role) if isinstance(models, dict) else None
     return entry.get("name") if isinstance(entry, dict) else None
@@ -113,6 +118,7 @@ def gather_runs(root: str | Path, warn: Callable[[str], None] | None = None) -> 
             "analysis": record.get("analysis"),
             "status": run_status(record),
             "model": _name(record.get("models"), "model"),
+            "threat": _entry(record.get("models"), "model").get("threat"),
             "ref": _name(record.get("models"), "ref"),
             "dataset": record.get("dataset"),
             "overrides": " ".join(map(str, overrides)) if isinstance(overrides, list) else None,
@@ -169,20 +175,52 @@ def write_report(root: str | Path, table: pd.DataFrame, name: str) -> list[Path]
     written = [directory.write_csv(name, table)]
     curves = accuracy_curves(root)
     if curves:
+        varied = swept(table)
+        what = f" by {', '.join(varied)}" if varied else ""
         figure = plots.accuracy_vs_eps(
-            curves, title=f"PGD accuracy · {Path(root).name}", xlabel="ε (pixel units)"
+            curves, title=f"accuracy under attack{what}", xlabel="ε (pixel units)"
         )
         written.append(directory.save_figure("accuracy_vs_eps", figure))
     written.append(write_site(root, table))
     return written
 
 
+def split_overrides(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its ``overrides`` column cut to what differs between runs; the overrides
+    every run shares go to a ``shared overrides`` column (printed once, above the table)."""
+    if "overrides" not in frame.columns or len(frame) < 2:
+        return frame
+    tokens = [str(v).split() if isinstance(v, str) else [] for v in frame["overrides"]]
+    shared = [t for t in tokens[0] if all(t in row for row in tokens[1:])]
+    frame = frame.copy()
+    frame["overrides"] = [" ".join(t for t in row if t not in shared) or None for row in tokens]
+    if shared:
+        frame.insert(list(frame.columns).index("overrides"), "shared overrides", " ".join(shared))
+    return frame
+
+
+def swept(frame: pd.DataFrame) -> list[str]:
+    """The override keys whose values differ between the runs of ``frame`` (what a sweep
+    varies), in order of first appearance."""
+    values: dict[str, set[str]] = {}
+    rows = [str(v).split() for v in frame.get("overrides", pd.Series(dtype=object)).dropna()]
+    for row in rows:
+        for token in row:
+            key, _, value = token.partition("=")
+            values.setdefault(key, set()).add(value)
+    return [
+        key for key, seen in values.items()
+        if len(seen) > 1 or sum(any(t.startswith(f"{key}=") for t in r) for r in rows) < len(rows)
+    ]  # fmt: skip
+
+
 def print_table(frame: pd.DataFrame, title: str | None = None) -> None:
     """Print ``frame`` with the one table formatter (:mod:`reprlab.io.tables`): at most 120
-    columns, 4 significant digits, values shared by every row printed once above the table."""
+    columns, 4 significant digits, values shared by every row (overrides included) printed once
+    above the table."""
     from reprlab.io.tables import print_table as show
 
-    show(frame, title=title)
+    show(split_overrides(frame), title=title)
 
 
 def select(
