@@ -142,9 +142,10 @@ def compute(
         progress=ctx.progress,
     )
     log.info(
-        "CKA over %d examples in %d batches: %s",
+        "CKA over %d examples in %d batch%s: %s",
         result.n_examples,
         result.n_batches,
+        "" if result.n_batches == 1 else "es",
         result.estimator,
     )
     return result

@@ -179,8 +179,17 @@ def _run_page(
             )
     models = _models(record)
     if models:
-        parts.append("<h2>Models and artifacts</h2><table><tr><th>role</th><th>name</th>"
-                     "<th>store key</th><th>other runs using it</th></tr>")  # fmt: skip
+        head = ("role", "name", "threat", "store key", "other runs using it")
+        parts.append(
+            "<h2>Models and artifacts</h2><table><tr>"
+            + "".join(f"<th>{h}</th>" for h in head)
+            + "</tr>"
+        )
+        threats = {
+            str(e.get("key")): e.get("threat")
+            for e in (record.get("models") or {}).values()
+            if isinstance(e, dict)
+        }
         for role, name, key in models:
             others = [r for r in users.get(key, []) if r != run]
             links = ", ".join(
@@ -188,7 +197,8 @@ def _run_page(
                 for r in others
             )
             parts.append(
-                f"<tr><td>{_e(role)}</td><td>{_e(name)}</td><td><code>{_e(key)}</code></td>"
+                f"<tr><td>{_e(role)}</td><td>{_e(name)}</td><td>{_e(threats.get(key) or '–')}</td>"
+                f"<td><code>{_e(key)}</code></td>"
                 f"<td>{links or '–'}</td></tr>"
             )
         parts.append("</table>")
