@@ -31,7 +31,7 @@ from reprlab.core.autoattack import AutoAttack
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
-from reprlab.io.tables import print_table
+from reprlab.io.tables import print_table, threat_text
 from reprlab.run.config import (
     AttackSpec,
     AutoAttackSpec,
@@ -44,7 +44,7 @@ from reprlab.run.config import (
     typed,
 )
 from reprlab.run.context import RunContext
-from reprlab.run.recipes import describe_adversary, make_attack
+from reprlab.run.recipes import make_attack
 from reprlab.runtime import module_mode
 
 DEFAULT_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -210,7 +210,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     ctx.run.write_csv("accuracy", table)
 
     flags, details = _sanity(table, labels, specs, s, model, batches, warnings)
-    summary_label = f"{loaded.label} ({describe_adversary(loaded.recipe)})"
+    summary_label = f"{loaded.label} · {threat_text(loaded.recipe.adversary)}"
     figure = plots.accuracy_vs_eps(
         {
             **{label: (table.eps.tolist(), table[label].tolist()) for label in labels},

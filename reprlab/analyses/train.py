@@ -14,6 +14,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from reprlab.io import plots
+from reprlab.io.tables import threat_text
 from reprlab.run.config import typed
 from reprlab.run.context import RunContext
 from reprlab.run.recipes import describe_adversary
@@ -43,7 +44,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     best_epoch = int(best["epoch"]) if isinstance(best, dict) else None
     if history:
         ctx.run.write_csv("metrics", pd.DataFrame(history))
-        title = f"{loaded.label} on {ctx.dataset.name} ({summary['adversary']})"
+        title = f"{loaded.label} · {threat_text(loaded.recipe.adversary)} on {ctx.dataset.name}"
         figure = plots.robust_training_curves(history, best_epoch=best_epoch, title=title)
         ctx.run.save_figure("training_curves", figure)
         summary.update(
@@ -56,7 +57,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         if at_best and robust in at_best[0] and history:
             summary["best_val_robust_acc"] = at_best[0][robust]
             summary["robust_overfitting_gap"] = at_best[0][robust] - history[-1][robust]
-    _print_summary(loaded.label, summary, history)
+    _print_summary(f"{loaded.label} · {threat_text(loaded.recipe.adversary)}", summary, history)
     return summary
 
 
@@ -91,6 +92,6 @@ def _print_summary(label: str, summary: dict[str, Any], history: list[dict[str, 
     epochs = summary["epochs"]
     print_table(
         rows,
-        title=f"{label} ({summary['adversary']}) after {epochs} epoch{'s' * (epochs != 1)}:",
+        title=f"{label} after {epochs} epoch{'s' * (epochs != 1)}:",
         common=False,
     )

@@ -61,7 +61,9 @@ def annotate(figure: Figure, notes: Sequence[str]) -> None:
         return
     width = max(40, int(figure.get_figwidth() * 16))
     text = "\n".join(line for note in notes for line in textwrap.wrap(note, width))
-    figure.text(0.5, 0.0, text, ha="center", va="top", fontsize=7, color="#555555")
+    # below everything drawn so far (tick labels, axis labels, legends outside the axes)
+    bottom = figure.get_tightbbox(figure.canvas.get_renderer()).y0 / figure.get_figheight()
+    figure.text(0.5, bottom - 0.02, text, ha="center", va="top", fontsize=7, color="#555555")
 
 
 def accuracy_vs_eps(

@@ -209,11 +209,14 @@ def radius_text(eps: float, norm: str) -> str:
     return f"{eps:.4g}"
 
 
-def threat_text(adversary: Mapping[str, Any] | None) -> str:
-    """A model recipe's training threat in a few words: ``standard``, ``PGD-AT L∞ 0.2``,
+def threat_text(adversary: Any) -> str:
+    """A model recipe's training threat (its ``adversary``: a mapping or the recipe's
+    dataclass; None for standard training) in a few words: ``standard``, ``PGD-AT L∞ 0.2``,
     ``TRADES L∞ 8/255 (β=6)``, ``MART L2 0.5 (λ=5)``."""
     if not adversary:
         return "standard"
+    if not isinstance(adversary, Mapping):  # a recipe's adversary dataclass
+        adversary = vars(adversary)
     norm = str(adversary.get("norm", "?"))
     method = str(adversary.get("method", "pgd_at"))
     text = f"{METHOD_NAMES.get(method, method)} {NORM_SYMBOLS.get(norm, norm)} "
