@@ -20,7 +20,7 @@ help:
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,cluster]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,cluster,loggers,browser]'
 	touch $@
 
 setup: $(STAMP)

@@ -139,7 +139,7 @@ def images(
 
 
 def _compose(overrides: Sequence[str]) -> Any:
-    from reprlab.run.config import compose
+    from reprlab.run.groups import compose
 
     return compose(overrides)
 

@@ -50,6 +50,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             "mean_off_diagonal": common.mean_off_diagonal(within.matrix),
         }
         ctx.run.write_json("cka", summary)
+        common.print_matrices(f"CKA within {label} ({description}):", {label: within})
         return summary
 
     label_a, label_b = first.label, second.label
@@ -87,4 +88,5 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         ctx.run.save_figure(f"{name}_same_layer", figure)
         summary["mean_same_layer"] = float(values.mean())
     ctx.run.write_json("cka", summary)
+    common.print_matrices(f"CKA ({description}):", {f"{label_a} vs {label_b}": cross})
     return summary

@@ -131,9 +131,10 @@ def compute(
         progress=ctx.progress,
     )
     log.info(
-        "CKA over %d examples in %d batches: %s",
+        "CKA over %d examples in %d batch%s: %s",
         result.n_examples,
         result.n_batches,
+        "" if result.n_batches == 1 else "es",
         result.estimator,
     )
     return result
@@ -160,6 +161,32 @@ def write_matrix(
         col_model=col_model,
     )
     ctx.run.save_figure(name, figure)
+
+
+def print_matrices(heading: str, blocks: dict[str, LayerCKA]) -> None:
+    """The terminal summary of CKA matrices: per matrix its size, range, median, mean
+    off-diagonal (square matrices) and mean same-layer CKA (taps both sides share)."""
+    from reprlab.io.tables import print_table
+
+    rows = []
+    for name, block in blocks.items():
+        values = block.matrix.double()
+        square = values.shape[0] == values.shape[1] and block.row_taps == block.col_taps
+        _, diagonal = same_layer(block)
+        rows.append(
+            {
+                "matrix": name,
+                "layers": f"{values.shape[0]}×{values.shape[1]}",
+                "min": float(values.min()),
+                "median": float(values.median()),
+                "max": float(values.max()),
+                "mean off-diagonal": mean_off_diagonal(values) if square else float("nan"),
+                "mean same-layer": float(diagonal.mean())
+                if len(diagonal) and not square
+                else float("nan"),
+            }
+        )
+    print_table(rows, title=heading, common=False)
 
 
 def same_layer(result: LayerCKA) -> tuple[list[str], np.ndarray]:

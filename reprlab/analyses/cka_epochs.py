@@ -146,4 +146,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         ),
     )
     ctx.run.write_json("cka", summary)
+    common.print_matrices(
+        f"CKA within {loaded.label} across training ({description}):",
+        {label: result.block(label, label) for label in labels},
+    )
     return summary

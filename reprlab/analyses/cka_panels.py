@@ -87,4 +87,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         )
         summary["mean_same_layer"] = float(values.mean())
     ctx.run.write_json("cka", summary)
+    common.print_matrices(
+        f"CKA panels ({description}):",
+        {f"{rows} vs {cols}": block for block, rows, cols in blocks.values()},
+    )
     return summary

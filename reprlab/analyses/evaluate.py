@@ -37,6 +37,7 @@ from reprlab.core.autoattack import AutoAttack
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
+from reprlab.io.tables import print_table, threat_text
 from reprlab.run.config import (
     AttackSpec,
     AutoAttackSpec,
@@ -50,7 +51,7 @@ from reprlab.run.config import (
     typed,
 )
 from reprlab.run.context import RunContext
-from reprlab.run.recipes import describe_adversary, make_attack
+from reprlab.run.recipes import make_attack
 from reprlab.runtime import module_mode
 
 DEFAULT_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -240,7 +241,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     ctx.run.write_csv("accuracy", table)
 
     flags, details = _sanity(table, labels, specs, s, model, batches, warnings)
-    summary_label = f"{loaded.label} ({describe_adversary(loaded.recipe)})"
+    summary_label = f"{loaded.label} · {threat_text(loaded.recipe.adversary)}"
     figure = plots.accuracy_vs_eps(
         {
             **{label: (table.eps.tolist(), table[label].tolist()) for label in labels},
@@ -257,8 +258,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     shown = table.drop(columns=["norm", "examples"]).rename(columns={"accuracy": "worst case"})
     if len(labels) == 1:
         shown = shown.drop(columns=["worst case"])
-    print(f"\n{summary_label} on {ctx.dataset.name}, {n} test images, {own.norm}:")
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print_table(shown, title=f"{summary_label} on {ctx.dataset.name}, {n} test images, {own.norm}:")
     if flags:
         print("sanity flags: " + "; ".join(f"{k}: {details[k]}" for k in flags))
 

@@ -24,6 +24,7 @@ from reprlab.core.optimize import compose, jitter, rotation
 from reprlab.core.representation import Representation, relative_distance
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
+from reprlab.io.tables import print_table
 from reprlab.methods import inversion
 from reprlab.run.context import LoadedModel, RunContext
 
@@ -690,6 +691,14 @@ PART_RUNNERS = {
 
 
 def _print(title: str, summary: dict[str, Any]) -> None:
-    print(f"\n{title}:")
+    """One table per part: a row per model (or setting), a column per measure (nested
+    measures joined with '.')."""
+    rows = []
     for label, values in summary.items():
-        print(f"  {label}: {values}")
+        row: dict[str, Any] = {"": label}
+        if isinstance(values, dict):
+            row.update(pd.json_normalize(values, sep=".").iloc[0].to_dict())
+        else:
+            row["value"] = values
+        rows.append(row)
+    print_table(rows, title=f"{title}:", common=False)

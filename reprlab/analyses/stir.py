@@ -33,6 +33,7 @@ from reprlab.analyses import inputs, settings_once
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
+from reprlab.io.tables import print_table
 from reprlab.methods import stir as compute
 from reprlab.models import Classifier, select_taps
 from reprlab.run.config import (
@@ -572,14 +573,23 @@ def run_pair(ctx: RunContext, s: Settings, x: torch.Tensor, members: list[Member
         "diagnostics": diagnostics,
     }
     ctx.run.write_json("stir", out)
-    print(f"\nSTIR on {result.n} {s.split} images of {ctx.dataset.name} ({s.repeats} repeats):")
-    for name, v in values.items():
-        print(f"  {name:<45} {v['mean']:.3f} ± {v['std']:.3f}")
-    for label, d in diagnostics.items():
-        print(
-            f"  IRIs of {label}: relative distance median {d['distance_median']['mean']:.4f}, "
-            f"p95 {d['distance_p95']['mean']:.4f} (seeds: {d['seed_distance_median']['mean']:.3f})"
-        )
+    print_table(
+        [{"measure": name, "mean": v["mean"], "std": v["std"]} for name, v in values.items()],
+        title=f"STIR on {result.n} {s.split} images of {ctx.dataset.name} ({s.repeats} repeats):",
+    )
+    print_table(
+        [
+            {
+                "IRIs of": label,
+                "rel. distance median": d["distance_median"]["mean"],
+                "p95": d["distance_p95"]["mean"],
+                "seeds' median": d["seed_distance_median"]["mean"],
+            }
+            for label, d in diagnostics.items()
+        ],
+        title="IRI search (relative representation distance reached):",
+        common=False,
+    )
     return out
 
 
@@ -628,11 +638,15 @@ def run_matrix(ctx: RunContext, s: Settings, x: torch.Tensor) -> dict[str, Any]:
         "diagnostics": diagnostics,
     }
     ctx.run.write_json("stir", out)
-    print(f"\nSTIR(column | row) on {result.n} {s.split} images ({s.repeats} repeats):")
     cells = [[f"{mean[i, j]:.3f}±{std[i, j]:.3f}" for j in range(k)] for i in range(k)]
-    print(pd.DataFrame(cells, index=labels, columns=labels).to_string())
-    print("CKA(row, column):")
-    print(frame(result.cka).to_string(float_format=lambda v: f"{v:.3f}"))
+    print_table(
+        pd.DataFrame(cells, index=labels, columns=labels).rename_axis("row").reset_index(),
+        title=f"STIR(column | row) on {result.n} {s.split} images ({s.repeats} repeats):",
+        common=False,
+    )
+    print_table(
+        frame(result.cka).rename_axis("row").reset_index(), title="CKA(row, column):", common=False
+    )
     return out
 
 
@@ -698,6 +712,9 @@ def run_layers(
         "diagnostics": diagnostics,
     }
     ctx.run.write_json("stir_layers", out)
-    print(f"\nSTIR and CKA along the layers ({x.shape[0]} images, {s.repeats} repeats):")
-    print(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print_table(
+        pd.DataFrame(table),
+        title=f"STIR and CKA along the layers ({x.shape[0]} images, {s.repeats} repeats):",
+        common=False,
+    )
     return out

@@ -32,6 +32,7 @@ from reprlab.core.optimize import NORMS
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
+from reprlab.io.tables import print_table
 from reprlab.methods.stitching import (
     INITS,
     STITCH_KINDS,
@@ -612,9 +613,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     if s.pairs == "matrix":
         write_matrix(ctx, table, front_label, end.label, title)
 
-    print(f"\n{title}")
     columns = ["point", "clean_acc", "relative_acc", "robust_acc", "ls_clean_acc", "ls_robust_acc"]
-    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print_table(table[columns], title=title, common=False)
     summary: dict[str, Any] = {
         "front": front.label,
         "end": end.label,

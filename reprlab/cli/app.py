@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="manage the store of trained models and artifacts")
     cache_commands = cache.add_subparsers(dest="cache_command", metavar="action", required=True)
     store_help = "store directory (default: paths.store: $REPRLAB_STORE, else outputs/store)"
-    ls = cache_commands.add_parser("ls", help="list stored entries with recipe and accuracy")
+    ls = cache_commands.add_parser(
+        "ls", help="list stored entries: recipe, threat, accuracy, joined models, size, date"
+    )
+    ls.add_argument("--kind", help="only entries of this kind: model, stitch, iri, ...")
     ls.set_defaults(handler=cache_ls)
     rm = cache_commands.add_parser("rm", help="remove entries by key, key prefix or recipe name")
     rm.add_argument("entries", nargs="+")
@@ -91,8 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     taps.add_argument("overrides", nargs="*", help="config overrides: model=, dataset=, ref=")
     taps.set_defaults(handler=taps_command)
 
-    rep = commands.add_parser("report", help="gather many runs (a sweep) into one table")
+    rep = commands.add_parser(
+        "report",
+        help="gather many runs (a sweep) into one table, or an HTML report",
+        description="Example: reprlab report outputs/runs/evaluate --columns run,model,'*acc*' "
+        "--sort=-robust_acc --format md. --html writes PATH/report/index.html, a static site "
+        "with every run's tables, figures, config and provenance.",
+    )
     rep.add_argument("runs_dir", help="a sweep directory or any directory holding runs")
+    rep.add_argument("--columns", help="comma-separated column names or patterns (eval_*)")
+    rep.add_argument("--sort", help="comma-separated columns to sort by; -name sorts descending")
+    rep.add_argument("--format", choices=["table", "csv", "md", "html"], default="table")
+    rep.add_argument("--html", action="store_true", help="same as --format html")
     rep.set_defaults(handler=report)
 
     dl = commands.add_parser("download", help="fetch a dataset into the data root")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,47 +29,85 @@ def _store(args: argparse.Namespace) -> Any:
     return ArtifactStore(store_root(args))
 
 
-def _adversary_text(recipe: dict[str, Any]) -> str | None:
-    """A stored recipe's training adversary as text (None for artifacts that are not models)."""
-    if not recipe:
-        return None
-    adversary = recipe.get("adversary")
-    if not adversary:
-        return "standard"
-    return f"{adversary['norm']} {adversary['eps']:.4g} x{adversary['steps']}"
-
-
 def cache_ls(args: argparse.Namespace) -> int:
+    """``reprlab cache ls [--kind K]``: one row per entry, grouped by kind: what it is, its
+    threat (models), accuracy, the models a derived artifact joins, size and date."""
     import pandas as pd
 
     from reprlab.io.report import print_table
 
     store = _store(args)
-    rows = []
-    for key, meta, status in store.entries():
-        meta = meta or {}
-        recipe = meta.get("recipe") or {}
-        final = meta.get("final") or {}
-        rows.append(
-            {
-                "key": key,
-                "kind": meta.get("kind", "?"),
-                "status": status,
-                "name": recipe.get("name", meta.get("label")),
-                "arch": recipe.get("arch"),
-                "dataset": meta.get("dataset"),
-                "adversary": _adversary_text(recipe),
-                "epochs": meta.get("epochs_trained"),
-                "clean_acc": final.get("eval_clean_acc", _import_accuracy(meta)),
-                "pgd_acc": next((v for k, v in final.items() if k.startswith("eval_pgd")), None),
-                "source": meta.get("source", "trained" if meta else None),
-            }
+    entries = store.entries()
+    names = {
+        key: (meta.get("recipe") or {}).get("name") for key, meta, _ in entries if meta is not None
+    }
+    kinds = sorted({(meta or {}).get("kind", "?") for _, meta, _ in entries})
+    if args.kind is not None and args.kind not in kinds:
+        from reprlab.cli.guide import did_you_mean
+
+        raise ReprlabError(
+            f"no entries of kind '{args.kind}' in {store.root}"
+            f"{did_you_mean(args.kind, kinds)} (kinds here: {', '.join(kinds) or 'none'})"
         )
+    rows = []
+    for key, meta, status in entries:
+        meta = meta or {}
+        if args.kind is not None and meta.get("kind", "?") != args.kind:
+            continue
+        rows.append(_entry_row(store.path(key), key, meta, status, names))
     if not rows:
         print(f"the store {store.root} is empty")
         return 0
-    print_table(pd.DataFrame(rows))
+    table = pd.DataFrame(rows).sort_values(["kind", "name", "date"], kind="stable")
+    print_table(table.drop(columns="bytes").dropna(axis=1, how="all"))
+    total = sum(row["bytes"] for row in rows)
+    print(f"\n{len(rows)} entries, {_size_text(total)} in {store.root}")
     return 0
+
+
+def _entry_row(
+    path: Path, key: str, meta: dict[str, Any], status: str, names: dict[str, Any]
+) -> dict[str, Any]:
+    from reprlab.io.tables import threat_text
+
+    recipe = meta.get("recipe") or {}
+    final = meta.get("final") or {}
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    marker = path / "COMPLETE"
+    when = (marker if marker.exists() else path).stat().st_mtime
+    joined = [names[v] or v[:12] for v in _strings(meta.get("identity")) if v in names and v != key]
+    return {
+        "key": key[:12],
+        "kind": meta.get("kind", "?"),
+        "status": status,
+        "name": recipe.get("name", meta.get("label")),
+        "dataset": meta.get("dataset"),
+        "threat": threat_text(recipe.get("adversary")) if recipe else None,
+        "joins": " + ".join(dict.fromkeys(joined)) or None,
+        "epochs": meta.get("epochs_trained"),
+        "clean_acc": final.get("eval_clean_acc", _import_accuracy(meta)),
+        "pgd_acc": next((v for k, v in final.items() if k.startswith("eval_pgd")), None),
+        "size": _size_text(size),
+        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(when)),
+        "bytes": size,
+    }
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a (nested) identity, in order."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def _size_text(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def _import_accuracy(meta: dict[str, Any]) -> float | None:

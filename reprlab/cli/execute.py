@@ -145,5 +145,23 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
                 run.finish("failed", error=error)
         raise
     run.finish("completed", summary)
+    _log_to_tracker(cfg, path, run.record)
     log.info("results in %s", path)
     return summary
+
+
+def _log_to_tracker(cfg: DictConfig, path: Path, record: dict[str, Any]) -> None:
+    """Hand the finished run to the chosen ``logger=`` (nothing more for ``csv``); a tracker
+    that fails is a warning, never a failed run: the results are already on disk."""
+    from omegaconf import OmegaConf
+
+    from reprlab.io.loggers import log_run
+
+    settings = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
+    try:
+        where = log_run(settings, path, record)  # type: ignore[arg-type]
+    except Exception as err:  # a tracker's own failure
+        log.warning("logger=%s failed: %s", settings.get("name"), err)  # type: ignore[union-attr]
+        return
+    if where is not None:
+        log.info("logger=%s wrote %s", settings["name"], where)  # type: ignore[index]

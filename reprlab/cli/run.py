@@ -37,7 +37,7 @@ def split_hydra_args(args: Sequence[str]) -> tuple[list[str], bool, bool]:
     return overrides, multirun, info_only
 
 
-REQUIRED_GROUPS = ("dataset", "model", "attack", "analysis")
+REQUIRED_GROUPS = ("dataset", "model", "attack", "analysis", "logger")
 """Groups every run needs an option of (``ref`` and ``experiment`` may be null)."""
 
 
@@ -45,7 +45,7 @@ def check_group_choices(overrides: Sequence[str]) -> None:
     """Raise ReprlabError for ``group=option`` overrides naming an option that does not exist."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from reprlab.run.config import GROUPS, group_options
+    from reprlab.run.groups import GROUPS, group_options
 
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         group = override.key_or_group
@@ -63,8 +63,13 @@ def check_group_choices(overrides: Sequence[str]) -> None:
                     f"{', '.join(options)}"
                 )
             if value != "null" and value not in options:
+                from reprlab.cli.guide import did_you_mean
+
+                hint = did_you_mean(value, options)
                 raise ReprlabError(
-                    f"unknown {group} '{value}'; choose one of: {', '.join(options)}"
+                    f"unknown {group} '{value}'{hint} (options: {', '.join(options)})"
+                    if hint
+                    else f"unknown {group} '{value}'; choose one of: {', '.join(options)}"
                 )
 
 
@@ -93,12 +98,18 @@ def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> Any
 
     ``with_hydra`` keeps the ``hydra`` node (run and sweep directories) in the result.
     """
-    from reprlab.run.config import compose
+    from reprlab.run.groups import compose
 
     try:
-        return compose(overrides, with_hydra=with_hydra)
+        return compose(overrides, with_hydra=with_hydra, explain=_explain)
     except ReprlabError as err:
         raise ReprlabError(unchosen_group(str(err), overrides) or str(err)) from None
+
+
+def _explain(message: str, overrides: Sequence[str]) -> str | None:
+    from reprlab.cli.guide import explain_override_error
+
+    return explain_override_error(message, overrides, compose_config)
 
 
 def unchosen_group(message: str, overrides: Sequence[str]) -> str | None:
@@ -129,7 +140,7 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from reprlab.io import atomic
-    from reprlab.run.config import one_line
+    from reprlab.run.groups import one_line
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     node = cfg.hydra.sweep if multirun else cfg.hydra.run
@@ -169,7 +180,8 @@ def preflight(
 
     from reprlab.analyses import validate_run
     from reprlab.cli import launchers
-    from reprlab.run.config import check_asked_samples, dataset_choice, one_line
+    from reprlab.run.config import check_asked_samples, dataset_choice
+    from reprlab.run.groups import one_line
 
     try:
         check_group_choices(overrides)
@@ -187,6 +199,9 @@ def preflight(
                 choice = dataset_choice(cfg, cfg.hydra.runtime.choices, job)
                 check_asked_samples(cfg, job)
                 validate_run(cfg)
+                from reprlab.io.loggers import check_installed
+
+                check_installed(str(cfg.logger.name))
                 if composed is not None:
                     composed.append((job, cfg))
                     choices.setdefault(choice.describe(), None)
@@ -221,7 +236,7 @@ def pin_sweep_dir(args: Sequence[str], sweep_dir: str | None) -> list[str]:
 
 
 def _register_config_extras() -> None:
-    from reprlab.run.config import register_config_extras
+    from reprlab.run.groups import register_config_extras
 
     register_config_extras()
 
@@ -266,6 +281,25 @@ def print_plan(composed: list[tuple[list[str], Any]]) -> int:
     return 0
 
 
+def _help_page(args: Sequence[str], overrides: Sequence[str], multirun: bool) -> bool:
+    """Refuse unknown flags and ``-m --cfg``; print reprlab's own ``--help`` page (True when
+    printed). Hydra's ``--hydra-help`` stays Hydra's."""
+    from reprlab.cli.guide import check_flags, run_help
+
+    check_flags(args)
+    if multirun and any(a.split("=", 1)[0] in ("--cfg", "-c") for a in args):
+        raise ReprlabError(
+            "--cfg prints one job's config and cannot be combined with -m; drop -m and give "
+            "one value per key (e.g. model=cnn_small, not model=cnn_small,cnn_small_at)"
+        )
+    if not any(a in ("--help", "-h") for a in args):
+        return False
+    check_group_choices(overrides)
+    analysis = str(compose_config([o for o in overrides if "," not in o]).analysis.name)
+    print(run_help(overrides, analysis))
+    return True
+
+
 def run_command(args: Sequence[str]) -> int:
     """``reprlab run``: validate, then hand ``args`` to Hydra unchanged.
 
@@ -281,6 +315,8 @@ def run_command(args: Sequence[str]) -> int:
     if "--shell-completion" not in args and "-sc" not in args:
         composed: list[tuple[list[str], Any]] = []
         try:
+            if _help_page(args, overrides, multirun):
+                return 0
             sweep_dir = preflight(overrides, multirun, validate=not info_only, composed=composed)
             if plan_only and not info_only:
                 return print_plan(composed)
@@ -292,7 +328,7 @@ def run_command(args: Sequence[str]) -> int:
     import hydra
 
     from reprlab.cli import sweeps
-    from reprlab.run.config import config_dir
+    from reprlab.run.groups import config_dir
 
     _register_config_extras()
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(

@@ -120,5 +120,5 @@ class SweepSummary(Callback):
         if table.empty:
             return
         written = write_report(sweep_dir, table, "summary")
-        print(f"\nSweep summary ({len(table)} runs) -> {', '.join(str(p) for p in written)}")
-        print_table(table)
+        print_table(table, title=f"Sweep summary ({len(table)} runs)")
+        print(f"-> {sweep_dir}/: {', '.join(str(p.relative_to(sweep_dir)) for p in written)}")

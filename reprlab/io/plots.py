@@ -14,9 +14,56 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 CKA_COLORMAP = "inferno"  # Cianfarani et al. 2022
+CLEAN, ROBUST = "#1f77b4", "#d62728"
+"""Clean accuracy is blue and robust accuracy red in every figure."""
+
+QUIET_KEYS = ("hydra.", "paths.", "progress", "device", "num_workers")
+"""Overrides that change no number, left out of a figure's notes."""
+
+
+def integer_epochs(ax: Any) -> None:
+    """Whole-number ticks on the x axis (epochs)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def figure_notes(record: Mapping[str, Any]) -> list[str]:
+    """The lines every saved figure carries below it, from its run's run.json: each model with
+    its threat (``model: cnn_small_at · PGD-AT L∞ 0.2``) and the run's overrides that change
+    numbers (``dataset.train_limit=2000``), so a figure of a reduced run never passes for the
+    full one."""
+    notes = []
+    models = record.get("models") or {}
+    named = [
+        f"{role}: {entry.get('name')}" + (f" · {entry['threat']}" if entry.get("threat") else "")
+        for role, entry in models.items()
+        if isinstance(entry, Mapping) and entry.get("name")
+    ]
+    if named:
+        notes.append("    ".join(named))
+    overrides = [
+        str(o)
+        for o in record.get("overrides") or []
+        if "." in str(o).split("=", 1)[0] and not str(o).lstrip("+~").startswith(QUIET_KEYS)
+    ]
+    if overrides:
+        notes.append("overrides: " + " ".join(overrides))
+    return notes
+
+
+def annotate(figure: Figure, notes: Sequence[str]) -> None:
+    """Write ``notes`` in small grey type below ``figure``'s axes (wrapped to its width)."""
+    import textwrap
+
+    if not notes:
+        return
+    width = max(40, int(figure.get_figwidth() * 16))
+    text = "\n".join(line for note in notes for line in textwrap.wrap(note, width))
+    # below everything drawn so far (tick labels, axis labels, legends outside the axes)
+    bottom = figure.get_tightbbox(figure.canvas.get_renderer()).y0 / figure.get_figheight()
+    figure.text(0.5, bottom - 0.02, text, ha="center", va="top", fontsize=7, color="#555555")
 
 
 def accuracy_vs_eps(
@@ -47,7 +94,12 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str) -> Figu
         ["train_acc", *sorted(k for k in history[0] if k.startswith("eval_"))] if history else []
     )
     for name in names:
-        acc_ax.plot(epochs, [100 * r[name] for r in history], marker="o", label=name)
+        colour = ROBUST if ("pgd" in name or "robust" in name) else CLEAN
+        style = "-" if name.startswith("train") else "--"
+        acc_ax.plot(epochs, [100 * r[name] for r in history], marker="o", label=name,
+                    color=colour, linestyle=style)  # fmt: skip
+    for ax in (loss_ax, acc_ax):
+        integer_epochs(ax)
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("accuracy (%)")
     acc_ax.set_ylim(0, 100)
@@ -70,18 +122,23 @@ def robust_training_curves(
     loss_ax.grid(alpha=0.3)
     first = history[0] if history else {}
     held_out = [k for k in first if k.startswith(("val_", "eval_"))]
+
+    def colour(key: str) -> str:
+        return CLEAN if "clean" in key or key == "train_acc" else ROBUST
+
     curves = [
-        ("train_acc", "train clean", "C0", "-"),
-        ("train_robust_acc", "train robust (training adversary)", "C0", "--"),
-        *[(k, k.replace("_acc", "").replace("_", " "), "C1", "--" if "clean" not in k else "-")
-          for k in held_out],
-    ]  # fmt: skip
+        ("train_acc", "train clean", CLEAN, "-"),
+        ("train_robust_acc", "train robust (training adversary)", ROBUST, "-"),
+        *[(k, k.replace("_acc", "").replace("_", " "), colour(k), "--") for k in held_out],
+    ]
     for key, label, color, style in curves:
         if key in first:
             values = [100 * r[key] for r in history]
             acc_ax.plot(epochs, values, marker="o", color=color, linestyle=style, label=label)
+    for ax in (loss_ax, acc_ax):
+        integer_epochs(ax)
     if best_epoch is not None:
-        acc_ax.axvline(best_epoch, color="C3", alpha=0.6, label=f"best robust epoch {best_epoch}")
+        acc_ax.axvline(best_epoch, color="grey", alpha=0.6, label=f"best robust epoch {best_epoch}")
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("accuracy (%)")
     acc_ax.set_ylim(0, 100)
@@ -193,6 +250,7 @@ def layer_curves(
     title: str,
     ylabel: str,
     errors: Mapping[str, Sequence[float]] | None = None,
+    xlabel: str = "layer (forward order)",
 ) -> Figure:
     """One value per layer (e.g. same-layer CKA), one line per label, layers in forward order.
 
@@ -204,12 +262,12 @@ def layer_curves(
         spread = None if errors is None else errors.get(label)
         ax.errorbar(range(len(taps)), values, yerr=spread, marker="o", capsize=3, label=label)
     ax.set_xticks(range(len(taps)), taps, rotation=90, fontsize=7)
+    ax.set_xlabel(xlabel)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
-    if len(curves) > 1:
-        ax.legend(fontsize=7)
+    ax.legend(fontsize=7)  # names the models compared, even for one curve
     return figure
 
 
@@ -241,6 +299,7 @@ def mi_curves(curves: Mapping[str, Sequence[float]], *, title: str) -> Figure:
     for label, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker=".", label=label)
     ax.set_xlabel("critic epoch")
+    integer_epochs(ax)
     ax.set_ylabel("held-out MI estimate (nats)")
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=8)
@@ -287,8 +346,9 @@ def learning_principle(
     figure, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(labels) + 2), 3.6))
     index = np.arange(len(labels))
     width = 0.38
-    ax.bar(index - width / 2, 100 * np.asarray(natural), width, label="natural")
-    ax.bar(index + width / 2, 100 * np.asarray(adversarial), width, label="adversarial")
+    ax.bar(index - width / 2, 100 * np.asarray(natural), width, label="natural", color=CLEAN)
+    ax.bar(index + width / 2, 100 * np.asarray(adversarial), width, label="adversarial",
+           color=ROBUST)  # fmt: skip
     ax.set_xticks(index, labels, fontsize=7)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
@@ -309,7 +369,8 @@ def bars_with_errors(
     positions = np.arange(len(bars))
     values = np.array([v for _, v, _ in bars], dtype=float)
     spreads = np.array([e for _, _, e in bars], dtype=float)
-    ax.bar(positions, np.nan_to_num(values), yerr=np.nan_to_num(spreads), capsize=4)
+    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(bars))]
+    ax.bar(positions, np.nan_to_num(values), yerr=np.nan_to_num(spreads), capsize=4, color=colours)
     for x, value, spread in zip(positions, values, spreads, strict=True):
         text = "n/a" if np.isnan(value) else f"{value:.3f}\n±{spread:.3f}"
         ax.text(x, np.nan_to_num(value) + 0.02, text, ha="center", va="bottom", fontsize=7)
@@ -391,7 +452,7 @@ def stitching_curves(
     figure, (ax, rel_ax) = plt.subplots(
         1, 2, figsize=(max(9.0, 0.55 * len(points) + 6), 5.2), layout="constrained"
     )
-    colours = {"clean": "C0", "robust": "C3"}
+    colours = {"clean": CLEAN, "robust": ROBUST}
     for what, trained, direct in (("clean", clean, ls_clean), ("robust", robust, ls_robust)):
         colour = colours[what]
         ax.plot(x, 100 * np.asarray(trained), marker="o", color=colour, label=f"stitched, {what}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,9 @@ import pandas as pd
 
 from reprlab.errors import ReprlabError
 from reprlab.io.runs import RunDirectory
+from reprlab.io.tables import tidy_value
 
-LEADING_COLUMNS = ("run", "analysis", "status", "model", "ref", "dataset", "overrides")
+LEADING_COLUMNS = ("run", "analysis", "status", "model", "threat", "ref", "dataset", "overrides")
 TRAILING_COLUMNS = ("error",)
 
 
@@ -81,6 +82,11 @@ def run_status(record: dict[str, Any]) -> Any:
     return status if pid_alive(record.get("pid"), record.get("started_unix")) else "stale"
 
 
+def _entry(models: Any, role: str) -> dict[str, Any]:
+    entry = models.get(role) if isinstance(models, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
 def _name(models: Any, role: str) -> Any:
     entry = models.get(role) if isinstance(models, dict) else None
     return entry.get("name") if isinstance(entry, dict) else None
@@ -112,12 +118,13 @@ def gather_runs(root: str | Path, warn: Callable[[str], None] | None = None) -> 
             "analysis": record.get("analysis"),
             "status": run_status(record),
             "model": _name(record.get("models"), "model"),
+            "threat": _entry(record.get("models"), "model").get("threat"),
             "ref": _name(record.get("models"), "ref"),
             "dataset": record.get("dataset"),
             "overrides": " ".join(map(str, overrides)) if isinstance(overrides, list) else None,
         }
         summary = record.get("summary")
-        _flatten("", summary if isinstance(summary, dict) else {}, row)
+        _flatten("", tidy_value(summary) if isinstance(summary, dict) else {}, row)
         error = record.get("error")
         row["error"] = error.strip().splitlines()[-1] if isinstance(error, str) else None
         rows.append(row)
@@ -159,22 +166,108 @@ def accuracy_curves(root: str | Path) -> dict[str, tuple[list[float], list[float
 
 
 def write_report(root: str | Path, table: pd.DataFrame, name: str) -> list[Path]:
-    """Write ``<name>.csv`` into ``root``, and ``accuracy_vs_eps.png`` when it holds evaluate
-    runs; return the paths written."""
+    """Write ``<name>.csv`` into ``root``, ``accuracy_vs_eps.png`` when it holds evaluate runs,
+    and the HTML report (``report/index.html``); return the paths written."""
     from reprlab.io import plots
+    from reprlab.io.html import write_site
 
     directory = RunDirectory(root)
     written = [directory.write_csv(name, table)]
     curves = accuracy_curves(root)
     if curves:
+        varied = swept(table)
+        what = f" by {', '.join(varied)}" if varied else ""
         figure = plots.accuracy_vs_eps(
-            curves, title=f"PGD accuracy · {Path(root).name}", xlabel="ε (pixel units)"
+            curves, title=f"accuracy under attack{what}", xlabel="ε (pixel units)"
         )
         written.append(directory.save_figure("accuracy_vs_eps", figure))
+    written.append(write_site(root, table))
     return written
 
 
-def print_table(frame: pd.DataFrame) -> None:
-    """Print ``frame`` as an aligned text table (floats to 4 decimals)."""
-    with pd.option_context("display.max_columns", None, "display.width", 200):
-        print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+def split_overrides(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its ``overrides`` column cut to what differs between runs; the overrides
+    every run shares go to a ``shared overrides`` column (printed once, above the table)."""
+    if "overrides" not in frame.columns or len(frame) < 2:
+        return frame
+    tokens = [str(v).split() if isinstance(v, str) else [] for v in frame["overrides"]]
+    shared = [t for t in tokens[0] if all(t in row for row in tokens[1:])]
+    frame = frame.copy()
+    frame["overrides"] = [" ".join(t for t in row if t not in shared) or None for row in tokens]
+    if shared:
+        frame.insert(list(frame.columns).index("overrides"), "shared overrides", " ".join(shared))
+    return frame
+
+
+def swept(frame: pd.DataFrame) -> list[str]:
+    """The override keys whose values differ between the runs of ``frame`` (what a sweep
+    varies), in order of first appearance."""
+    values: dict[str, set[str]] = {}
+    rows = [str(v).split() for v in frame.get("overrides", pd.Series(dtype=object)).dropna()]
+    for row in rows:
+        for token in row:
+            key, _, value = token.partition("=")
+            values.setdefault(key, set()).add(value)
+    return [
+        key for key, seen in values.items()
+        if len(seen) > 1 or sum(any(t.startswith(f"{key}=") for t in r) for r in rows) < len(rows)
+    ]  # fmt: skip
+
+
+def print_table(frame: pd.DataFrame, title: str | None = None) -> None:
+    """Print ``frame`` with the one table formatter (:mod:`reprlab.io.tables`): at most 120
+    columns, 4 significant digits, values shared by every row (overrides included) printed once
+    above the table."""
+    from reprlab.io.tables import print_table as show
+
+    show(split_overrides(frame), title=title)
+
+
+def select(
+    frame: pd.DataFrame, columns: Sequence[str] | None = None, sort: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """``frame`` cut to ``columns`` (names or shell patterns such as ``eval_*``, in the order
+    given) and sorted by ``sort`` (column names; ``-name`` sorts descending).
+
+    Raises ReprlabError naming an unknown column and the closest existing one.
+    """
+    import difflib
+    import fnmatch
+
+    def unknown(name: str) -> ReprlabError:
+        close = difflib.get_close_matches(name, list(frame.columns), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return ReprlabError(
+            f"no column '{name}'{hint} (columns: {', '.join(map(str, frame.columns))})"
+        )
+
+    if sort:
+        keys = [key.lstrip("-") for key in sort]
+        for key in keys:
+            if key not in frame.columns:
+                raise unknown(key)
+        frame = frame.sort_values(
+            keys, ascending=[not key.startswith("-") for key in sort], kind="stable"
+        )
+    if columns:
+        chosen: list[str] = []
+        for pattern in columns:
+            matched = [c for c in frame.columns if fnmatch.fnmatchcase(str(c), pattern)]
+            if not matched:
+                raise unknown(pattern)
+            chosen += [c for c in matched if c not in chosen]
+        frame = frame[chosen]
+    return frame.reset_index(drop=True)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """``frame`` as a GitHub Markdown table (numbers to 4 significant digits)."""
+    from reprlab.io.tables import format_number
+
+    def cell(value: Any) -> str:
+        return format_number(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join([header, rule, *rows])

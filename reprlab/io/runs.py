@@ -127,7 +127,9 @@ class RunDirectory:
         self._record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._record["timings"]["total_seconds"] = round(time.time() - self._started, 3)
         if summary is not None:
-            self._record["summary"] = to_jsonable(summary)
+            from reprlab.io.tables import tidy_value
+
+            self._record["summary"] = tidy_value(to_jsonable(summary))
         if error is not None:
             self._record["error"] = error
         self._flush()
@@ -143,8 +145,10 @@ class RunDirectory:
 
     def write_csv(self, name: str, frame: Any, index: bool = False) -> Path:
         """Write a pandas DataFrame as ``<name>.csv``."""
+        from reprlab.io.tables import tidy_floats
+
         path = self.path / f"{name}.csv"
-        atomic.write_text(path, frame.to_csv(index=index))
+        atomic.write_text(path, tidy_floats(frame).to_csv(index=index))
         return path
 
     def write_text(self, name: str, text: str) -> Path:
@@ -159,6 +163,9 @@ class RunDirectory:
 
         import matplotlib.pyplot as plt
 
+        from reprlab.io.plots import annotate, figure_notes
+
+        annotate(figure, figure_notes(self._record))
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
         plt.close(figure)

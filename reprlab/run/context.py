@@ -22,6 +22,7 @@ from reprlab.data import DatasetInfo, dataset_info, make_loader
 from reprlab.errors import ReprlabError
 from reprlab.io.runs import RunDirectory
 from reprlab.io.store import ArtifactStore, Payload, StoredArtifact, TrainingFiles, store_key
+from reprlab.io.tables import threat_text
 from reprlab.models import Classifier
 from reprlab.run.config import (
     DatasetSpec,
@@ -196,6 +197,7 @@ class RunContext:
         source = entry.meta.get("source", "trained")
         record = {
             "name": spec.name,
+            "threat": threat_text(meta["recipe"].get("adversary")),
             "key": key,
             "trained_now": trained,
             "source": source,

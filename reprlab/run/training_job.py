@@ -223,7 +223,9 @@ def train_recipe(
             "lower the batch size or raise dataset.train_limit"
         )
     if not distributed.active():
-        announce(spec, dataset, device, monitor, trainer, images=len(loader) * spec.train.batch_size)
+        announce(
+            spec, dataset, device, monitor, trainer, images=len(loader) * spec.train.batch_size
+        )
     clean_name, robust_name = monitor.names
 
     def evaluate(net: torch.nn.Module, epoch: int) -> dict[str, float]:
