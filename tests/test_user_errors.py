@@ -94,6 +94,19 @@ BAD_INPUTS = [
     (["analysis=cka_epochs", "model.train.epochs=1"], ["keeps none before epoch 1"]),
     (["analysis=cka_epochs", "analysis.epochs=[2]"], ["names only the final epoch"]),
     (["device=cpu:3"], ["unknown device 'cpu:3'"]),
+    # Cluster and store faults: run directories, the store's path, searches of 0 steps.
+    (["hydra.run.dir=/"], ["hydra.run.dir=/ is refused", "system directory"]),
+    (["hydra.run.dir=/proc/reprlab_x"], ["under the system directory /proc"]),
+    (["-m", "seed=0,1", "hydra.sweep.dir=/"], ["hydra.sweep.dir=/ is refused"]),
+    (["paths.store=/etc/hostname"], ["/etc/hostname is a file", "paths.store="]),
+    (["paths.store=/etc/hostname/store"], ["/etc/hostname is a file"]),
+    (["attack=autoattack", "attack.target_classes=50"], ["attack.target_classes=50 is invalid"]),
+    (["attack=autoattack", "attack.seed=-1"], ["attack.seed=-1 is invalid"]),
+    (["attack=autoattack", "attack.seed=99999999999999999999"], ["attack.seed=9999"]),
+    (["analysis=stir", "analysis.steps=0"], ["analysis.steps=0 is invalid"]),
+    (["analysis=vulnerability", "analysis.search_steps=0"], ["analysis.search_steps=0"]),
+    (["analysis=vulnerability", "analysis.head_attack_steps=0"], ["head_attack_steps=0"]),
+    (["analysis=vulnerability_learn", "analysis.search_steps=0"], ["analysis.search_steps=0"]),
 ]
 
 

@@ -3,6 +3,7 @@ written, then hand the arguments to Hydra unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -136,7 +137,8 @@ def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> Any
 
 def check_output_dirs(cfg: Any, multirun: bool) -> None:
     """Raise ReprlabError unless the run (or sweep) directory Hydra will write is a real,
-    writable path.
+    writable path, and a new or empty directory (not ``/``, a system directory or an earlier
+    run: :func:`reprlab.io.runs.run_dir_problem`).
 
     An empty ``hydra.run.dir`` would make Hydra write the run into the current directory; a
     read-only place would fail half-way. (The store is checked when something must be written to
@@ -145,6 +147,7 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from reprlab.io import atomic
+    from reprlab.io.runs import run_dir_problem
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     node = cfg.hydra.sweep if multirun else cfg.hydra.run
@@ -156,6 +159,19 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
         raise ReprlabError(
             f"{key}={value!r} is invalid: give a directory for the run's files (the default "
             "is under paths.outputs)"
+        )
+    problem = run_dir_problem(value, "sweep" if multirun else "run")
+    if problem is not None:
+        raise ReprlabError(
+            f"{key}={value} is refused: {problem}; a {'sweep' if multirun else 'run'} writes "
+            f"into a new or empty directory (leave {key} at its default, under paths.outputs)"
+        )
+    store = Path(os.path.abspath(str(cfg.paths.store)))
+    blocked = next((p for p in (store, *store.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ReprlabError(
+            f"the store paths.store={cfg.paths.store} cannot be a directory: {blocked} is a "
+            "file; point paths.store= (or REPRLAB_STORE) at a directory"
         )
     problem = atomic.unwritable(Path(value))
     if problem is not None:
@@ -270,13 +286,15 @@ def run_command(args: Sequence[str]) -> int:
     Exit codes: 0 done; 2 a bad input (nothing written); 1 a run or some sweep jobs failed;
     130/143 interrupted by SIGINT/SIGTERM (run.json says so).
     """
-    from reprlab.cli.execute import install_signal_handlers
+    from reprlab.cli.execute import Interrupted, install_signal_handlers, write_failure
 
     install_signal_handlers()
     overrides, multirun, info_only = split_hydra_args(args)
+    sweep_dir = None
     if "--shell-completion" not in args and "-sc" not in args:
         try:
-            args = pin_sweep_dir(args, preflight(overrides, multirun, validate=not info_only))
+            sweep_dir = preflight(overrides, multirun, validate=not info_only)
+            args = pin_sweep_dir(args, sweep_dir)
         except ReprlabError as err:
             if _debug():
                 raise
@@ -292,7 +310,30 @@ def run_command(args: Sequence[str]) -> int:
     )
     sys.argv = ["reprlab run", *args]
     sweeps.FAILURES.clear()
-    main()
+    # Hydra prints any exception that leaves a job with a traceback and exits 1; let write
+    # failures (e.g. its config snapshot on a full disk) reach the handler below instead.
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except (KeyboardInterrupt, Interrupted):
+        if sweep_dir is not None:  # the summary of the jobs that ran, then the usual exit
+            with contextlib.suppress(Exception):
+                sweeps.write_summary(Path(sweep_dir))
+        raise
+    except OSError as err:  # e.g. Hydra writing a job's config snapshot on a full disk
+        problem = write_failure(err)
+        if problem is None or _debug():
+            raise
+        if sweep_dir is not None:
+            with contextlib.suppress(Exception):
+                sweeps.write_summary(Path(sweep_dir))
+        return fail(problem)
+    finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
     swept = swept_keys(overrides) if sweeps.FAILURES else set()
     for failure in sweeps.FAILURES:
         print(f"reprlab: error: sweep job {failure.describe(swept or None)}", file=sys.stderr)

@@ -589,6 +589,8 @@ def validate(cfg: DictConfig) -> None:
         check_recipe_for(recipe(cfg[where], where), where, dataset)
     attack = attack_spec(cfg.get("attack"))
     check_radius("attack.eps", attack.eps, attack.norm, info)
+    if isinstance(attack, AutoAttackSpec):
+        check_autoattack_fits(attack, info.num_classes, dataset.name)
     if isinstance(attack, AttackSpec) and attack.targeted:
         raise ReprlabError(
             "attack.targeted=true is invalid: reprlab's analyses measure and craft untargeted "
@@ -604,6 +606,19 @@ def validate(cfg: DictConfig) -> None:
         raise ReprlabError(f"analysis.name: {str(err).splitlines()[0]}") from None
     if not isinstance(name, str):
         raise ReprlabError(f"analysis.name={_show(name)} is invalid: name an analysis")
+
+
+def check_autoattack_fits(spec: AutoAttackSpec, classes: int, dataset: str) -> None:
+    """Raise ReprlabError unless AutoAttack's seed is a seed and its targeted stages have that
+    many other classes of ``dataset`` to aim at."""
+    if spec.seed is not None:
+        check_seed("attack.seed", spec.seed)
+    if spec.target_classes is not None and spec.target_classes > classes - 1:
+        raise ReprlabError(
+            f"attack.target_classes={spec.target_classes} is invalid: {dataset} has "
+            f"{classes - 1} other classes to target; lower it or leave it null "
+            f"(min(9, {classes - 1}))"
+        )
 
 
 def check_validation_fits(spec: ModelRecipe, dataset: DatasetSpec, where: str = "model") -> None:
