@@ -201,6 +201,7 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
         raise ReprlabError(one_line(str(err))) from None
     stores = []
     sweep_dir = None
+    first = None
     for job in jobs:
         try:
             cfg = compose_config(job, with_hydra=validate)
@@ -208,6 +209,7 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
                 validate_run(cfg)
                 check_output_dirs(cfg, multirun)
                 stores.append(str(cfg.paths.store))
+                first = cfg if first is None else first
                 if multirun and sweep_dir is None:
                     sweep_dir = str(cfg.hydra.sweep.dir)
         except ReprlabError as err:
@@ -215,6 +217,7 @@ def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True
             raise ReprlabError(f"{prefix}{err}") from None
     if validate and multirun:
         launchers.check_cluster(launcher, stores, warn=warn)
+        launchers.check_job_request(launcher, first)
     return sweep_dir
 
 
@@ -259,11 +262,13 @@ def _hydra_task(cfg: Any) -> Any:
     from hydra.types import RunMode
 
     from reprlab.cli import sweeps
-    from reprlab.cli.execute import execute
+    from reprlab.cli.execute import execute, install_signal_handlers
 
     _register_config_extras()  # a launcher plugin may run this job in a fresh process
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if "SLURM_JOB_ID" in os.environ:  # scancel and time limits: run.json says "interrupted"
+        install_signal_handlers()
     try:
         return execute(cfg)
     except ReprlabError as err:
@@ -301,8 +306,13 @@ def run_command(args: Sequence[str]) -> int:
             return fail(str(err))
     import hydra
 
-    from reprlab.cli import sweeps
+    from reprlab.cli import launchers, sweeps
     from reprlab.run.config import config_dir
+
+    if not info_only and launchers.is_slurm(launchers.chosen_launcher(overrides)):
+        from reprlab.cli import slurm
+
+        slurm.prepare(sweep_dir)
 
     _register_config_extras()
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
@@ -321,8 +331,8 @@ def run_command(args: Sequence[str]) -> int:
             with contextlib.suppress(Exception):
                 sweeps.write_summary(Path(sweep_dir))
         raise
-    except OSError as err:  # e.g. Hydra writing a job's config snapshot on a full disk
-        problem = write_failure(err)
+    except Exception as err:  # a full disk under Hydra's own writes; sbatch refusing
+        problem = launchers.failure_line(err, write_failure)
         if problem is None or _debug():
             raise
         if sweep_dir is not None:
