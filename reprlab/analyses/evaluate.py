@@ -100,6 +100,11 @@ def attack_specs(cfg: DictConfig, names: list[str] | None) -> list[AttackSpec | 
         context = OmegaConf.create({"dataset": OmegaConf.to_container(cfg.dataset)})
         context.attack = node
         spec = attack_spec(context.attack, where=f"analysis.attacks[{name}]")
+        if spec.norm != own.norm:
+            raise ReprlabError(
+                f"analysis.attacks has {name}, an {spec.norm} attack, but every attack runs at "
+                f"attack.norm={own.norm}; drop it, or evaluate {spec.norm} with attack={name}"
+            )
         specs.append(replace(spec, norm=own.norm, eps=own.eps))
     return specs
 
@@ -113,6 +118,11 @@ def settings(cfg: DictConfig) -> Settings:
     check_non_negative("analysis.zero_gradient_share", s.zero_gradient_share)
     attack = attack_spec(cfg.attack)
     given = s.eps if isinstance(s.eps, list) else [s.eps] if s.eps is not None else []
+    if s.eps is not None and not given:
+        raise ReprlabError(
+            f"analysis.eps={s.eps} names no radius; give one or more, e.g. analysis.eps=[0.1,0.3], "
+            "or null for fractions of attack.eps"
+        )
     for value in given:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ReprlabError(

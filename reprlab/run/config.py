@@ -29,6 +29,8 @@ GROUPS = ("dataset", "model", "attack", "analysis", "ref", "pair", "experiment")
 """Config groups a user picks options from; ``ref`` offers the same options as ``model``."""
 
 MAX_SEED = 2**32 - 1
+MAX_ATTACK_STEPS = 100_000
+"""The most steps an attack may take (published PGD: 7 to 1000; APGD: 100)."""
 """Seeds are 0..2**32-1: what NumPy, torch and Python all accept."""
 
 
@@ -411,6 +413,11 @@ def attack_spec(node: Any, where: str = "attack") -> AttackSpec | AutoAttackSpec
     if spec.step_size is not None:
         check_positive(f"{where}.step_size", spec.step_size)
     check_positive(f"{where}.steps", spec.steps)
+    if spec.steps > MAX_ATTACK_STEPS:
+        raise ReprlabError(
+            f"{where}.steps={spec.steps} is invalid: at most {MAX_ATTACK_STEPS} (published attacks "
+            "take 7 to 1000 steps; this many would not finish)"
+        )
     check_positive(f"{where}.restarts", spec.restarts)
     if spec.restarts > 1 and not spec.random_start:
         raise ReprlabError(
@@ -461,9 +468,23 @@ def dataset_spec(node: Any) -> DatasetSpec:
     check_nonempty("dataset.root", spec.root)
     if spec.train_limit is not None:
         check_positive("dataset.train_limit", spec.train_limit)
+        check_train_limit(spec)
     check_non_negative("dataset.eps_linf", spec.eps_linf)
     check_non_negative("dataset.eps_l2", spec.eps_l2)
     return spec
+
+
+def check_train_limit(spec: DatasetSpec) -> None:
+    """Raise ReprlabError when ``dataset.train_limit`` exceeds the training split: it would
+    select every image, yet name a different model (a second training of the same one)."""
+    from reprlab.data import train_size
+
+    size = train_size(spec.name)
+    if size is not None and spec.train_limit is not None and spec.train_limit > size:
+        raise ReprlabError(
+            f"dataset.train_limit={spec.train_limit} is more than the {size} training images of "
+            f"{spec.name}; use dataset.train_limit=null for all of them"
+        )
 
 
 def recipe_dataset(spec: ModelRecipe, run: DatasetSpec) -> DatasetSpec:
@@ -659,6 +680,12 @@ def check_trainer(trainer: TrainerSpec, device: Any, cfg: DictConfig) -> None:
             "with CUDA_VISIBLE_DEVICES=... and use device=cuda"
         )
     resolve_speed(trainer.bf16, trainer.channels_last, trainer.compile, device)
+    if str(trainer.compile).lower() in ("on", "true") and device.type == "cpu":
+        raise ReprlabError(
+            "trainer.compile=on is refused on the CPU: torch.compile spends minutes compiling "
+            "before the first step, longer than reprlab's CPU runs take; use trainer.compile=off "
+            "(or auto: on for CUDA only)"
+        )
     if trainer.devices < 1:
         raise ReprlabError(f"trainer.devices={trainer.devices} is invalid: it must be >= 1")
     if trainer.sync_batchnorm and trainer.devices > 1 and device.type != "cuda":
