@@ -191,3 +191,55 @@ def test_a_full_disk_is_one_line_and_the_run_recorded_failed(tmp_path, monkeypat
     assert "No space left on device" in err[0] and ".png" in err[0] and "writable" in err[0]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "failed" and "No space left" in record["error"]
+
+
+def test_a_damaged_model_is_refused_before_any_run_directory(tmp_path, monkeypatch, capsys) -> None:
+    """Store damage is found by the checks before Hydra starts: one line, nothing written."""
+    from reprlab.cli.run import compose_config
+    from reprlab.run.config import dataset_spec, recipe, recipe_dataset
+    from reprlab.run.recipes import build_for, model_identity
+
+    store_dir, work = tmp_path / "store", tmp_path / "work"
+    work.mkdir()
+    cfg = compose_config([*BASE, f"paths.store={store_dir}"])
+    spec = recipe(cfg.model)
+    dataset = recipe_dataset(spec, dataset_spec(cfg.dataset))
+    ident = model_identity(spec, dataset)
+    key = store_key(ident)
+    from reprlab.data import dataset_info
+
+    weights = build_for(spec, dataset_info(dataset.name)).state_dict()
+    meta = {"kind": "model", "recipe": {"name": spec.name}, "identity": ident}
+    ArtifactStore(store_dir).put(key, weights, meta)
+    payload = store_dir / key / "artifact.pt"
+    data = bytearray(payload.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    payload.write_bytes(bytes(data))
+    monkeypatch.chdir(work)
+    code, err, _ = run_cli(capsys, "run", *BASE, f"paths.store={store_dir}")
+    assert code == 2 and len(err) == 1 and f"store entry {key}" in err[0], err
+    assert "does not match the sha256" in err[0]
+    assert list(work.iterdir()) == [], "nothing written"
+
+
+def test_mnist_labels_out_of_range_are_one_line(tmp_path) -> None:
+    """A label file holding 10 (MNIST has 0..9) is corrupt data, not an IndexError later."""
+    import os
+
+    import numpy as np
+
+    from reprlab.data import load_tensors
+    from reprlab.data.mnist_offline import write_idx_labels
+
+    real = Path(os.environ.get("REPRLAB_DATA", "outputs/data")) / "MNIST" / "raw"
+    if not (real / "t10k-images-idx3-ubyte").exists():
+        pytest.skip("MNIST is not on disk (REPRLAB_DATA)")
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (raw / name).symlink_to(real / name)
+    labels = np.zeros(10000, dtype=np.uint8)
+    labels[5] = 10
+    write_idx_labels(raw / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(ReprlabError, match=r"corrupt: its test labels span 0..10, not 0..9"):
+        load_tensors("mnist", tmp_path, "test")

@@ -179,6 +179,36 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
             f"cannot create the run directory {value}: {problem}; choose a writable place "
             "with paths.outputs=..."
         )
+    check_stored_models(cfg)
+
+
+def check_stored_models(cfg: Any) -> None:
+    """Raise ReprlabError, before any directory is made, when the store entry of the run's model
+    or ref is damaged (any file not matching its sha256, or copied from another key), or is
+    missing from a store that cannot be written (it could not be trained)."""
+    from reprlab.io import atomic
+    from reprlab.io.store import ArtifactStore, store_key
+    from reprlab.run.config import dataset_spec, recipe, recipe_dataset
+    from reprlab.run.recipes import model_identity
+
+    store = ArtifactStore(str(cfg.paths.store))
+    dataset = dataset_spec(cfg.dataset)
+    for where in ("model", "ref"):
+        if cfg.get(where) is None:
+            continue
+        spec = recipe(cfg[where], where)
+        key = store_key(model_identity(spec, recipe_dataset(spec, dataset)))
+        entry = store.get(key)
+        if entry is not None:
+            entry.verify()
+            continue
+        problem = atomic.unwritable(store.root)
+        if problem is not None:
+            raise ReprlabError(
+                f"{where}={spec.name} is not in the store {store.root}, which cannot be "
+                f"written ({problem}) to train it; point paths.store= (or REPRLAB_STORE) at a "
+                "writable store, or at one that holds it"
+            )
 
 
 def preflight(overrides: Sequence[str], multirun: bool, *, validate: bool = True) -> str | None:
