@@ -247,8 +247,8 @@ _INTERRUPTED = ("CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE")
 
 
 def _guard_results(job: Any, num: Any, overrides: list[str], job_dir: Path | None) -> None:
-    """Make ``job.results()`` return a failed Hydra JobReturn (and record why) when the job died
-    without a result, instead of raising out of the launcher and losing the whole sweep."""
+    """Make ``job.results()`` record why a job died without a result (and return an empty Hydra
+    JobReturn) instead of raising out of the launcher and losing the whole sweep."""
     original = job.results
 
     def results() -> list[Any]:
@@ -265,10 +265,10 @@ def _guard_results(job: Any, num: Any, overrides: list[str], job_dir: Path | Non
                 error += f": {str(err).strip().splitlines()[-1] if str(err).strip() else err}"
             if job_dir is not None:
                 _record_death(job_dir, num, overrides, state, error)
-            ret = JobReturn()
-            ret.status = JobStatus.FAILED
-            ret.return_value = err
-            ret.overrides = overrides
+            # Like a job that failed inside (reprlab records it and returns): the sweep goes
+            # on, and the summary and the exit code come from the failure record.
+            ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
+            ret.return_value = None
             return [ret]
 
     job.results = results
