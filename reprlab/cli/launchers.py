@@ -108,10 +108,12 @@ def check_cluster(
     which: Callable[[str], str | None] = shutil.which,
     mountinfo: str | None = None,
     warn: Callable[[str], None] | None = None,
+    one_node_here: Callable[[], bool] | None = None,
 ) -> None:
     """Raise ReprlabError where a multi-node launcher cannot work from here: SLURM's ``sbatch``
     is missing, or its store's lock would not hold across nodes. A store on a filesystem only
-    this machine sees is a warning (a one-node cluster shares it; other nodes would not)."""
+    this machine sees is a warning (other nodes would not see it), unless the cluster's only node
+    is this machine (``one_node_here``, default: ask ``sinfo``)."""
     if launcher is None or not launcher.multi_node:
         return
     if which("sbatch") is None:
@@ -132,7 +134,8 @@ def check_cluster(
                 "filesystem with cluster-wide flock (NFS with lockd or NFSv4, Lustre -o flock, "
                 "GPFS, BeeGFS, CephFS)"
             )
-        if mount.local and warn is not None and not _cluster_is_this_machine():
+        alone = one_node_here or _cluster_is_this_machine
+        if mount.local and warn is not None and not alone():
             warn(
                 f"the store {store} is on {mount.fstype} at {mount.point}, which only this "
                 "machine sees: jobs on other nodes would not find its models; use a shared "
