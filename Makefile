@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed
 DATA   := $(or $(REPRLAB_DATA),outputs/data)
 MNIST  := $(DATA)/MNIST/raw/t10k-labels-idx1-ubyte
 
-.PHONY: help setup data demo test test-all lint bench docs wheels gpu-check clean
+.PHONY: help setup data demo test test-all test-slurm slurm-stop lint bench docs wheels gpu-check clean
 
 help:
 	@echo "make demo      set up, then train a standard and a robust MNIST CNN, evaluate, compare (CKA)"
 	@echo "make test      set up, then run the fast test suite"
 	@echo "make test-all  also the slow and GPU tests"
+	@echo "make test-slurm  start a one-node SLURM cluster (root; Debian's slurm-wlm) and run the SLURM tests"
 	@echo "make lint      ruff check + format check"
 	@echo "make bench     the speed benchmarks in scripts/"
 	@echo "make docs      regenerate docs/reference.md from the configs"
@@ -50,6 +51,13 @@ test: setup
 
 test-all: setup data
 	$(BIN)/python -m pytest -m ""
+
+test-slurm: setup
+	$(BIN)/python scripts/slurm_cluster.py start
+	$(BIN)/python -m pytest -m slurm -p no:cacheprovider tests/test_slurm.py
+
+slurm-stop:
+	$(BIN)/python scripts/slurm_cluster.py stop
 
 lint: setup
 	$(BIN)/ruff check .

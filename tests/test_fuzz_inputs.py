@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -95,8 +96,15 @@ def floats_text(value: float) -> str:
 PLAUSIBLE = ["1", "3", "4", "10", "64", "0.01", "0.1", "0.3", "0.9", "[1]", "[0.5]", "[1,2]",
              "true", "false", "null", "cpu", "l2", "linf", "cnn_small", "keep", "all"]  # fmt: skip
 
+# Huge, empty and negative values, drawn for every numeric and list field: each must be refused
+# in one line or accepted and then exercised, within CASE_SECONDS (a hang fails the case).
+EXTREME = ["10000000000", "1000000000000", "1e30", "-1e30", "-10000000000", "-1", "[]",
+           "[1e30]", "[-1]", "[10000000000]", "[0]"]  # fmt: skip
+CASE_SECONDS = 120
+
 values = st.one_of(
     st.sampled_from(VALUES),
+    st.sampled_from(EXTREME),
     st.sampled_from(PLAUSIBLE),
     st.integers(-(2**70), 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(floats_text),
@@ -199,6 +207,41 @@ def test_fields_cover_every_group() -> None:
     )
 
 
+NUMERIC_OR_LIST = sorted(
+    key
+    for key in ALL_KEYS
+    if not key.startswith(("paths.", "hydra."))
+    and key.split(".")[0] in ("model", "attack", "dataset", "monitor", "seed", "num_workers")
+)
+
+
+@st.composite
+def extreme_cases(draw) -> list[str]:
+    """One field of the model, attack, dataset or run settings set to a huge, empty or negative
+    value (the analysis, too, for its own fields)."""
+    analysis = draw(st.sampled_from(sorted(RUNNERS)))
+    keys = NUMERIC_OR_LIST + FIELDS[f"analysis:{analysis}"]
+    key = draw(st.sampled_from(keys))
+    return [
+        *BASE,
+        "model=cnn_small_at",
+        f"analysis={analysis}",
+        f"{key}={draw(st.sampled_from(EXTREME))}",
+    ]
+
+
+@settings(
+    max_examples=IN_PROCESS_CASES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(overrides=extreme_cases())
+def test_huge_empty_and_negative_values(tmp_path_factory, overrides: list[str]) -> None:
+    check_case(tmp_path_factory, overrides)
+
+
 @settings(
     max_examples=IN_PROCESS_CASES,
     deadline=None,
@@ -211,9 +254,25 @@ def test_random_overrides_in_process(tmp_path_factory, overrides: list[str]) -> 
     check_case(tmp_path_factory, overrides)
 
 
+@contextmanager
+def time_limit(seconds: float, what: object) -> Iterator[None]:
+    """Fail (TimeoutError) when the block runs longer than ``seconds``: a case that hangs."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"{what} took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def check_case(tmp_path_factory, overrides: list[str]) -> None:
     scratch = tmp_path_factory.mktemp("fuzz")
-    with inside(scratch):
+    with inside(scratch), time_limit(CASE_SECONDS, overrides):
         COUNTS["in_process"] += 1
         message = check_in_process(overrides)
         if message is None:

@@ -142,8 +142,15 @@ def test_slurm_warns_about_a_local_store() -> None:
     launchers.check_cluster(
         launchers.LAUNCHERS["submitit_slurm"], ["/home/me/store"],
         which=lambda _: "/usr/bin/sbatch", mountinfo=MOUNTINFO, warn=warnings.append,
+        one_node_here=lambda: False,
     )  # fmt: skip
     assert len(warnings) == 1 and "only this machine sees" in warnings[0]
+    launchers.check_cluster(
+        launchers.LAUNCHERS["submitit_slurm"], ["/home/me/store"],
+        which=lambda _: "/usr/bin/sbatch", mountinfo=MOUNTINFO, warn=warnings.append,
+        one_node_here=lambda: True,
+    )  # fmt: skip
+    assert len(warnings) == 1, "a one-node cluster on this machine shares its disk: no warning"
     # local launchers share this machine's store: nothing to check
     launchers.check_cluster(launchers.LAUNCHERS["joblib"], ["/scratch/x"], mountinfo=MOUNTINFO)
 

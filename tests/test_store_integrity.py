@@ -267,9 +267,7 @@ def test_flipped_weights_stop_the_next_run_with_one_line(shared_store, tmp_path:
     assert "Traceback" not in result.stderr
     assert f"store entry {key} (cnn_small) is damaged: artifact.pt" in line
     assert f"`reprlab cache rm {key}`" in line
-    (record,) = run_records(tmp_path / "outputs")
-    assert record["status"] == "failed" and record["models"]["model"]["key"] == key
-    assert not (tmp_path / "outputs" / "store").exists()
+    assert not (tmp_path / "outputs").exists(), "refused before any run directory is made"
 
 
 # --- the store's place (item 11) ----------------------------------------------------------

@@ -94,7 +94,45 @@ BAD_INPUTS = [
     (["analysis=cka_epochs", "model.train.epochs=1"], ["keeps none before epoch 1"]),
     (["analysis=cka_epochs", "analysis.epochs=[2]"], ["names only the final epoch"]),
     (["device=cpu:3"], ["unknown device 'cpu:3'"]),
+    # Cluster and store faults: run directories, the store's path, searches of 0 steps.
+    (["hydra.run.dir=/"], ["hydra.run.dir=/ is refused", "system directory"]),
+    (["hydra.run.dir=/proc/reprlab_x"], ["under the system directory /proc"]),
+    (["-m", "seed=0,1", "hydra.sweep.dir=/"], ["hydra.sweep.dir=/ is refused"]),
+    (["paths.store=/etc/hostname"], ["/etc/hostname is a file", "paths.store="]),
+    (["paths.store=/etc/hostname/store"], ["/etc/hostname is a file"]),
+    (["attack=autoattack", "attack.target_classes=50"], ["attack.target_classes=50 is invalid"]),
+    (["attack=autoattack", "attack.seed=-1"], ["attack.seed=-1 is invalid"]),
+    (["attack=autoattack", "attack.seed=99999999999999999999"], ["attack.seed=9999"]),
+    (["analysis=stir", "analysis.steps=0"], ["analysis.steps=0 is invalid"]),
+    (["analysis=vulnerability", "analysis.search_steps=0"], ["analysis.search_steps=0"]),
+    (["analysis=vulnerability", "analysis.head_attack_steps=0"], ["head_attack_steps=0"]),
+    (["analysis=vulnerability_learn", "analysis.search_steps=0"], ["analysis.search_steps=0"]),
+    # Inputs that used to start work that would not finish.
+    (["device=cpu", "trainer.compile=on"], ["trainer.compile=on is refused on the CPU"]),
+    (["analysis=evaluate", "analysis.eps=[]"], ["analysis.eps=[] names no radius"]),
+    (
+        ["analysis=evaluate", "analysis.attacks=[pgd_linf,pgd_l2]"],
+        ["analysis.attacks has pgd_l2, an l2 attack", "attack.norm=linf"],
+    ),
+    (["dataset.train_limit=1000000000000"], ["more than the 2000 training images of synthetic"]),
+    (["attack.steps=10000000000"], ["attack.steps=10000000000 is invalid: at most 100000"]),
 ]
+CASE_SECONDS = 120
+"""Each case's time limit: a check that hangs fails its case instead of the whole run."""
+
+
+@pytest.fixture(autouse=True)
+def time_limit(request):
+    """Fail a case that runs longer than CASE_SECONDS (SIGALRM raises in the test)."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"{request.node.name} took more than {CASE_SECONDS} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize(
@@ -131,6 +169,11 @@ def test_messages_name_the_real_culprit(tmp_path: Path, monkeypatch, capsys) -> 
         ["model.train.batch_size=2000"],
         ["model.train.epochs=1"],
         ["model=cnn_small_at", "model.train.epochs=3", "analysis=cka_epochs"],
+        # What the user asked for: keep no snapshots; evaluate the whole test split.
+        ["model.snapshot_epochs=[]"],
+        ["analysis=evaluate", "analysis.examples=100000000"],
+        ["dataset.train_limit=2000"],
+        ["attack.steps=100000"],
     ],
 )
 def test_boundary_values_are_accepted(overrides: list[str]) -> None:

@@ -125,6 +125,11 @@ def attack_specs(cfg: DictConfig, names: list[str] | None) -> list[AttackSpec | 
         context = OmegaConf.create({"dataset": OmegaConf.to_container(cfg.dataset)})
         context.attack = node
         spec = attack_spec(context.attack, where=f"analysis.attacks[{name}]")
+        if spec.norm != own.norm:
+            raise ReprlabError(
+                f"analysis.attacks has {name}, an {spec.norm} attack, but every attack runs at "
+                f"attack.norm={own.norm}; drop it, or evaluate {spec.norm} with attack={name}"
+            )
         specs.append(replace(spec, norm=own.norm, eps=own.eps))
     return specs
 

@@ -107,7 +107,7 @@ def settings(cfg: DictConfig) -> Settings:
     if s.repeats < 1:
         raise ReprlabError(f"analysis.repeats={s.repeats} is invalid: it must be >= 1")
     check_choice("analysis.seed_kind", s.seed_kind, compute.SEED_KINDS)
-    check_non_negative("analysis.steps", s.steps)
+    check_positive("analysis.steps", s.steps)  # 0 steps: the seeds themselves, not IRIs
     check_positive("analysis.step_size", s.step_size)
     check_positive("analysis.batch_size", s.batch_size)
     check_choice("analysis.estimator", s.estimator, compute.ESTIMATORS)

@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--kind", help="only entries of this kind: model, stitch, iri, ...")
     ls.set_defaults(handler=cache_ls)
     rm = cache_commands.add_parser("rm", help="remove entries by key, key prefix or recipe name")
-    rm.add_argument("entries", nargs="+")
+    rm.add_argument("entries", nargs="*", help="keys, unique key prefixes or recipe names")
+    rm.add_argument(
+        "--yes", action="store_true", help="remove every entry a name matches (several allowed)"
+    )
+    rm.add_argument("--all", action="store_true", help="remove every entry of the store")
     rm.set_defaults(handler=cache_rm)
     gc = cache_commands.add_parser(
         "gc", help="remove incomplete entries left by killed runs, and outdated ones"

@@ -36,7 +36,7 @@ def cache_ls(args: argparse.Namespace) -> int:
 
     from reprlab.io.report import print_table
 
-    store = _store(args)
+    store = _existing_store(args)
     entries = store.entries()
     names = {
         key: (meta.get("recipe") or {}).get("name") for key, meta, _ in entries if meta is not None
@@ -116,19 +116,82 @@ def _import_accuracy(meta: dict[str, Any]) -> float | None:
 
 
 def cache_rm(args: argparse.Namespace) -> int:
-    store = _store(args)
-    for name in args.entries:
-        keys = store.resolve(name)
-        if not keys:
-            raise ReprlabError(f"no store entry matches '{name}'; see `reprlab cache ls`")
-        for key in keys:
-            store.remove(key)
-            print(f"removed {key}")
+    """``reprlab cache rm``: remove entries named by key, unique key prefix or recipe name.
+
+    Nothing is removed unless every name is valid: an empty name, or one that matches several
+    entries, is refused with the matches listed (``--yes`` removes all of a name's matches,
+    ``--all`` the whole store)."""
+    names = list(args.entries or [])
+    if args.all and names:
+        raise ReprlabError("give either entry names or --all, not both")
+    if not args.all and not names:
+        raise ReprlabError(
+            "name the entries to remove (key, key prefix or recipe name; see `reprlab cache ls`), "
+            "or pass --all to empty the store"
+        )
+    store = _existing_store(args)
+    if args.all:
+        keys = [key for key, _, _ in store.entries()]
+    else:
+        keys = []
+        for name in names:
+            keys += [key for key in _matches(store, name, several=args.yes) if key not in keys]
+    for key in keys:
+        store.remove(key)
+        print(f"removed {key}")
+    if args.all:
+        print(f"removed {len(keys)} entr{'y' if len(keys) == 1 else 'ies'} from {store.root}")
     return 0
 
 
+def _matches(store: Any, name: str, *, several: bool) -> list[str]:
+    """The keys ``name`` selects; ReprlabError when it selects none, or several without
+    ``several``."""
+    if not name.strip():
+        raise ReprlabError(
+            f"cache rm {name!r}: an empty name matches every entry; name the entries, or pass "
+            "--all to empty the store"
+        )
+    keys = store.resolve(name)
+    if not keys:
+        raise ReprlabError(f"no store entry matches '{name}'; see `reprlab cache ls`")
+    if len(keys) > 1 and not several:
+        shown = ", ".join(f"{key} ({_entry_name(store, key)})" for key in keys[:8])
+        more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+        raise ReprlabError(
+            f"'{name}' matches {len(keys)} entries: {shown}{more}; give a longer key prefix, "
+            "or pass --yes to remove them all"
+        )
+    return keys
+
+
+def _entry_name(store: Any, key: str) -> str:
+    for entry_key, meta, status in store.entries():
+        if entry_key == key:
+            label = (meta or {}).get("label") or ((meta or {}).get("recipe") or {}).get("name")
+            return f"{label or (meta or {}).get('kind', '?')}, {status}"
+    return "?"
+
+
+def _existing_store(args: argparse.Namespace) -> Any:
+    """The store a ``cache`` command reads; ReprlabError when there is none at its path (a
+    mistyped ``--store`` or ``REPRLAB_STORE`` would otherwise read as an empty store)."""
+    store = _store(args)
+    if not store.root.exists():
+        raise ReprlabError(
+            f"there is no store at {store.root}: nothing was trained there yet, or --store / "
+            "paths.store / REPRLAB_STORE points at the wrong place"
+        )
+    if not store.root.is_dir():
+        raise ReprlabError(
+            f"the store {store.root} is not a directory; point --store / paths.store / "
+            "REPRLAB_STORE at a directory"
+        )
+    return store
+
+
 def cache_gc(args: argparse.Namespace) -> int:
-    removed = _store(args).garbage_collect()
+    removed = _existing_store(args).garbage_collect()
     print(
         f"removed {len(removed)} incomplete entr{'y' if len(removed) == 1 else 'ies'}"
         + (f": {', '.join(removed)}" if removed else "")
@@ -138,8 +201,9 @@ def cache_gc(args: argparse.Namespace) -> int:
 
 def cache_verify(args: argparse.Namespace) -> int:
     """``reprlab cache verify``: check every complete entry's files against their sha256 and its
-    weights for NaN/inf; one line per bad entry, exit 1 if any."""
-    store = _store(args)
+    weights for NaN/inf, and that each entry sits under its own key; one line per bad entry,
+    exit 1 if any."""
+    store = _existing_store(args)
     results = store.verify_all()
     bad = [(key, problem) for key, problem in results if problem is not None]
     for _, problem in bad:

@@ -8,6 +8,7 @@ shell's convention, 128 + the signal number (130 for Ctrl-C, 143 for ``kill``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import shutil
 import signal
@@ -91,11 +92,39 @@ def _discard_unused_run_dir(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+_WRITE_ERRORS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.EIO,
+}
+
+
+def write_failure(err: OSError, run_dir: Path | None = None) -> str | None:
+    """One line for an OSError that means "the run's files cannot be written here" (disk full,
+    quota, read-only, permission, a file where a directory should be), naming the path and the
+    remedy; None for any other error."""
+    if err.errno not in _WRITE_ERRORS:
+        return None
+    where = err.filename or run_dir or "the outputs directory"
+    return (
+        f"cannot write {where}: {err.strerror}; free space or fix the path, or point "
+        "paths.outputs= (or hydra.run.dir=) at a writable directory"
+    )
+
+
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Run the analysis ``cfg.analysis.name`` in Hydra's output directory; return its summary.
 
-    Raises ReprlabError (run.json ``failed``), :class:`Interrupted` on SIGINT/SIGTERM (run.json
-    ``interrupted``), or the runner's own exception (run.json ``failed``).
+    Raises ReprlabError (run.json ``failed``; a write failure such as a full disk becomes one,
+    recorded ``failed`` when run.json can still be written), :class:`Interrupted` on SIGINT or
+    SIGTERM (run.json ``interrupted``), or the runner's own exception (run.json ``failed``).
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -114,7 +143,13 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         raise
     analysis = get_analysis(cfg.analysis.name)
     seeds = seed_everything(int(cfg.seed))
-    run = RunDirectory(path)
+    try:
+        run = RunDirectory(path)
+    except OSError as err:
+        problem = write_failure(err, path)
+        if problem is None:
+            raise
+        raise ReprlabError(problem) from None
     try:
         ctx = RunContext(cfg, run)
         run.start(
@@ -134,6 +169,14 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
             if run.record:
                 run.finish("interrupted", error=stop.describe())
         raise stop from None
+    except OSError as err:
+        problem = write_failure(err, path)
+        if problem is None:
+            raise
+        with signals_deferred(), contextlib.suppress(OSError):  # the disk may still be full
+            if run.record:
+                run.finish("failed", error=problem)
+        raise ReprlabError(problem) from None
     except BaseException as err:
         with signals_deferred():
             if run.record:

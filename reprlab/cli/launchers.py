@@ -22,6 +22,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from reprlab.errors import ReprlabError
 from reprlab.io.mounts import lock_problem, store_mount
@@ -107,10 +108,12 @@ def check_cluster(
     which: Callable[[str], str | None] = shutil.which,
     mountinfo: str | None = None,
     warn: Callable[[str], None] | None = None,
+    one_node_here: Callable[[], bool] | None = None,
 ) -> None:
     """Raise ReprlabError where a multi-node launcher cannot work from here: SLURM's ``sbatch``
     is missing, or its store's lock would not hold across nodes. A store on a filesystem only
-    this machine sees is a warning (a one-node cluster shares it; other nodes would not)."""
+    this machine sees is a warning (other nodes would not see it), unless the cluster's only node
+    is this machine (``one_node_here``, default: ask ``sinfo``)."""
     if launcher is None or not launcher.multi_node:
         return
     if which("sbatch") is None:
@@ -131,9 +134,66 @@ def check_cluster(
                 "filesystem with cluster-wide flock (NFS with lockd or NFSv4, Lustre -o flock, "
                 "GPFS, BeeGFS, CephFS)"
             )
-        if mount.local and warn is not None:
+        alone = one_node_here or _cluster_is_this_machine
+        if mount.local and warn is not None and not alone():
             warn(
                 f"the store {store} is on {mount.fstype} at {mount.point}, which only this "
                 "machine sees: jobs on other nodes would not find its models; use a shared "
                 "filesystem for paths.store unless the cluster is this one machine"
             )
+
+
+def is_slurm(name: str | None) -> bool:
+    """Whether launcher ``name`` (a ``hydra/launcher=`` choice) submits to SLURM."""
+    launcher = LAUNCHERS.get(SLURM_PRESETS.get(name or "", name or ""))
+    return launcher is not None and launcher.multi_node
+
+
+def check_job_request(launcher: Launcher | None, cfg: Any) -> None:
+    """Raise ReprlabError (one line naming the ``hydra.launcher`` option) when SLURM would refuse
+    the sweep's job request (``sbatch --test-only``; :mod:`reprlab.cli.slurm`)."""
+    if launcher is None or not launcher.multi_node or cfg is None:
+        return
+    import copy
+
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from reprlab.cli.slurm import check_request
+
+    node = copy.deepcopy(cfg.hydra.launcher)
+    try:
+        with open_dict(node):
+            node.pop("submitit_folder", None)  # names the sweep directory, not resources
+        request = OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ReprlabError(f"hydra.launcher: {str(err).splitlines()[0]}") from None
+    check_request(request)
+
+
+def failure_line(err: BaseException, write_failure: Callable[[OSError], str | None]) -> str | None:
+    """One line for an error that ends a sweep from outside reprlab's jobs (a write failure,
+    sbatch refusing a submission), or None for anything else (a bug: the traceback shows)."""
+    if isinstance(err, OSError):
+        return write_failure(err)
+    from reprlab.cli.slurm import submission_problem
+
+    return submission_problem(err)
+
+
+def _cluster_is_this_machine() -> bool:
+    """Whether SLURM's only node is this machine (a store on a local disk is then shared)."""
+    import socket
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["sinfo", "--noheader", "--Node", "--format=%N"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    nodes = set(done.stdout.split())
+    return done.returncode == 0 and nodes == {socket.gethostname().split(".")[0]}

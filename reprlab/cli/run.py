@@ -3,6 +3,7 @@ written, then hand the arguments to Hydra unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -131,7 +132,8 @@ def unchosen_group(message: str, overrides: Sequence[str]) -> str | None:
 
 def check_output_dirs(cfg: Any, multirun: bool) -> None:
     """Raise ReprlabError unless the run (or sweep) directory Hydra will write is a real,
-    writable path.
+    writable path, and a new or empty directory (not ``/``, a system directory or an earlier
+    run: :func:`reprlab.io.runs.run_dir_problem`).
 
     An empty ``hydra.run.dir`` would make Hydra write the run into the current directory; a
     read-only place would fail half-way. (The store is checked when something must be written to
@@ -140,6 +142,7 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from reprlab.io import atomic
+    from reprlab.io.runs import run_dir_problem
     from reprlab.run.groups import one_line
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -153,12 +156,55 @@ def check_output_dirs(cfg: Any, multirun: bool) -> None:
             f"{key}={value!r} is invalid: give a directory for the run's files (the default "
             "is under paths.outputs)"
         )
+    problem = run_dir_problem(value, "sweep" if multirun else "run")
+    if problem is not None:
+        raise ReprlabError(
+            f"{key}={value} is refused: {problem}; a {'sweep' if multirun else 'run'} writes "
+            f"into a new or empty directory (leave {key} at its default, under paths.outputs)"
+        )
+    store = Path(os.path.abspath(str(cfg.paths.store)))
+    blocked = next((p for p in (store, *store.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ReprlabError(
+            f"the store paths.store={cfg.paths.store} cannot be a directory: {blocked} is a "
+            "file; point paths.store= (or REPRLAB_STORE) at a directory"
+        )
     problem = atomic.unwritable(Path(value))
     if problem is not None:
         raise ReprlabError(
             f"cannot create the run directory {value}: {problem}; choose a writable place "
             "with paths.outputs=..."
         )
+    check_stored_models(cfg)
+
+
+def check_stored_models(cfg: Any) -> None:
+    """Raise ReprlabError, before any directory is made, when the store entry of the run's model
+    or ref is damaged (any file not matching its sha256, or copied from another key), or is
+    missing from a store that cannot be written (it could not be trained)."""
+    from reprlab.io import atomic
+    from reprlab.io.store import ArtifactStore, store_key
+    from reprlab.run.config import dataset_spec, recipe, recipe_dataset
+    from reprlab.run.recipes import model_identity
+
+    store = ArtifactStore(str(cfg.paths.store))
+    dataset = dataset_spec(cfg.dataset)
+    for where in ("model", "ref"):
+        if cfg.get(where) is None:
+            continue
+        spec = recipe(cfg[where], where)
+        key = store_key(model_identity(spec, recipe_dataset(spec, dataset)))
+        entry = store.get(key)
+        if entry is not None:
+            entry.verify()
+            continue
+        problem = atomic.unwritable(store.root)
+        if problem is not None:
+            raise ReprlabError(
+                f"{where}={spec.name} is not in the store {store.root}, which cannot be "
+                f"written ({problem}) to train it; point paths.store= (or REPRLAB_STORE) at a "
+                "writable store, or at one that holds it"
+            )
 
 
 def preflight(
@@ -192,6 +238,7 @@ def preflight(
     stores = []
     sweep_dir = None
     choices: dict[str, None] = {}
+    first = None
     for job in jobs:
         try:
             cfg = compose_config(job, with_hydra=validate)
@@ -207,6 +254,7 @@ def preflight(
                     choices.setdefault(choice.describe(), None)
                 check_output_dirs(cfg, multirun)
                 stores.append(str(cfg.paths.store))
+                first = cfg if first is None else first
                 if multirun and sweep_dir is None:
                     sweep_dir = str(cfg.hydra.sweep.dir)
         except ReprlabError as err:
@@ -214,6 +262,7 @@ def preflight(
             raise ReprlabError(f"{prefix}{err}") from None
     if validate and multirun:
         launchers.check_cluster(launcher, stores, warn=warn)
+        launchers.check_job_request(launcher, first)
     for line in choices:
         print(line, flush=True)
     return sweep_dir
@@ -247,11 +296,13 @@ def _hydra_task(cfg: Any) -> Any:
     from hydra.types import RunMode
 
     from reprlab.cli import sweeps
-    from reprlab.cli.execute import execute
+    from reprlab.cli.execute import execute, install_signal_handlers
 
     _register_config_extras()  # a launcher plugin may run this job in a fresh process
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if "SLURM_JOB_ID" in os.environ:  # scancel and time limits: run.json says "interrupted"
+        install_signal_handlers()
     try:
         return execute(cfg)
     except ReprlabError as err:
@@ -306,12 +357,13 @@ def run_command(args: Sequence[str]) -> int:
     Exit codes: 0 done; 2 a bad input (nothing written); 1 a run or some sweep jobs failed;
     130/143 interrupted by SIGINT/SIGTERM (run.json says so).
     """
-    from reprlab.cli.execute import install_signal_handlers
+    from reprlab.cli.execute import Interrupted, install_signal_handlers, write_failure
 
     install_signal_handlers()
     plan_only = PLAN_FLAG in args
     args = [arg for arg in args if arg != PLAN_FLAG]
     overrides, multirun, info_only = split_hydra_args(args)
+    sweep_dir = None
     if "--shell-completion" not in args and "-sc" not in args:
         composed: list[tuple[list[str], Any]] = []
         try:
@@ -327,8 +379,13 @@ def run_command(args: Sequence[str]) -> int:
             return fail(str(err))
     import hydra
 
-    from reprlab.cli import sweeps
+    from reprlab.cli import launchers, sweeps
     from reprlab.run.groups import config_dir
+
+    if not info_only and launchers.is_slurm(launchers.chosen_launcher(overrides)):
+        from reprlab.cli import slurm
+
+        slurm.prepare(sweep_dir)
 
     _register_config_extras()
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
@@ -336,7 +393,30 @@ def run_command(args: Sequence[str]) -> int:
     )
     sys.argv = ["reprlab run", *args]
     sweeps.FAILURES.clear()
-    main()
+    # Hydra prints any exception that leaves a job with a traceback and exits 1; let write
+    # failures (e.g. its config snapshot on a full disk) reach the handler below instead.
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except (KeyboardInterrupt, Interrupted):
+        if sweep_dir is not None:  # the summary of the jobs that ran, then the usual exit
+            with contextlib.suppress(Exception):
+                sweeps.write_summary(Path(sweep_dir))
+        raise
+    except Exception as err:  # a full disk under Hydra's own writes; sbatch refusing
+        problem = launchers.failure_line(err, write_failure)
+        if problem is None or _debug():
+            raise
+        if sweep_dir is not None:
+            with contextlib.suppress(Exception):
+                sweeps.write_summary(Path(sweep_dir))
+        return fail(problem)
+    finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
     swept = swept_keys(overrides) if sweeps.FAILURES else set()
     for failure in sweeps.FAILURES:
         print(f"reprlab: error: sweep job {failure.describe(swept or None)}", file=sys.stderr)

@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 
 from reprlab.io import atomic
 from reprlab.io.report import gather_runs, print_table, write_report
+from reprlab.io.runs import RunDirectory
 
 
 @dataclass(frozen=True)
@@ -107,18 +108,42 @@ def failure_rows(sweep_dir: Path, table: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def write_summary(sweep_dir: Path, *, show: bool = True) -> list[Path]:
+    """Gather the sweep's jobs so far (run.json files and recorded failures) into
+    ``summary.csv``; with ``show``, also the figure, and print the table. Returns the paths
+    written (none when no job has started)."""
+    gather_failures(sweep_dir)
+    if not sweep_dir.is_dir():
+        return []
+    table = gather_runs(sweep_dir, warn=_warn if show else None)
+    extra = failure_rows(sweep_dir, table)
+    if extra:
+        table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
+    if table.empty:
+        return []
+    if not show:
+        return [RunDirectory(sweep_dir).write_csv("summary", table)]
+    written = write_report(sweep_dir, table, "summary")
+    print(f"\nSweep summary ({len(table)} runs) -> {', '.join(str(p) for p in written)}")
+    print_table(table)
+    return written
+
+
 class SweepSummary(Callback):
-    """Hydra callback: after a sweep, gather its jobs' results into ``summary.csv`` and print it."""
+    """Hydra callback: keep ``summary.csv`` current as the sweep's jobs end (so a sweep killed
+    part-way, even with ``kill -9``, leaves the table of what finished), and after the sweep
+    gather every job into it and print it."""
+
+    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        try:
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                return
+            write_summary(Path(config.hydra.sweep.dir), show=False)
+        except Exception as err:  # a progress file must never fail the job that just ended
+            _warn(f"summary.csv not updated after this job: {type(err).__name__}: {err}")
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        gather_failures(sweep_dir)
-        table = gather_runs(sweep_dir, warn=_warn)
-        extra = failure_rows(sweep_dir, table)
-        if extra:
-            table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
-        if table.empty:
-            return
-        written = write_report(sweep_dir, table, "summary")
-        print_table(table, title=f"Sweep summary ({len(table)} runs)")
-        print(f"-> {sweep_dir}/: {', '.join(str(p.relative_to(sweep_dir)) for p in written)}")
+        write_summary(Path(config.hydra.sweep.dir))

@@ -345,6 +345,12 @@ def load_tensors(
     else:
         check_available(name, root, split=split)
         images, labels = _read_with_torchvision(name, Path(root), split)
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < info.num_classes:
+            raise ReprlabError(
+                f"dataset '{name}' under {root} is corrupt: its {split} labels span "
+                f"{int(labels.min())}..{int(labels.max())}, not 0..{info.num_classes - 1}; delete "
+                f"its folder and run `reprlab download {name}`"
+            )
     keep = subset_indices(len(labels), limit, seed)
     if len(keep) < len(labels):
         images, labels = images[keep], labels[keep]

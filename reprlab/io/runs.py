@@ -73,6 +73,43 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+SYSTEM_DIRECTORIES = ("/proc", "/sys", "/dev", "/run", "/etc", "/boot", "/bin", "/sbin", "/lib",
+                      "/lib32", "/lib64", "/libx32", "/usr/bin", "/usr/sbin", "/usr/lib",
+                      "/usr/lib32", "/usr/lib64", "/usr/libexec", "/usr/include", "/usr/share",
+                      "/var/lib", "/var/log", "/var/run")  # fmt: skip
+"""Directories (and everything below them) that never hold a run: the kernel's and the
+system's own. Their parents (``/``, ``/usr``, ``/var``, ``/home``) are refused only themselves:
+site-specific places such as ``/usr/workspace`` stay usable."""
+
+_TOP_DIRECTORIES = ("/", "/usr", "/var", "/home", "/opt", "/srv", "/mnt", "/media", "/tmp", "/root")
+
+
+def run_dir_problem(directory: str | Path, what: str = "run") -> str | None:
+    """Why ``directory`` must not receive a run's (or a sweep's) files, or None when it may.
+
+    A run writes only into a new or empty directory: never ``/``, a system directory, or a
+    directory that already holds files (an earlier run would be overwritten). Writes nothing.
+    """
+    path = Path(os.path.abspath(os.path.expanduser(str(directory))))
+    text = str(path)
+    if text in _TOP_DIRECTORIES or text in SYSTEM_DIRECTORIES:
+        return f"{text} is a system directory, not a place for a {what}'s files"
+    for system in SYSTEM_DIRECTORIES:
+        if text.startswith(system + "/"):
+            return f"{text} is under the system directory {system}"
+    if path.is_dir():
+        try:
+            held = sorted(p.name for p in path.iterdir())
+        except OSError as err:
+            return f"{text} cannot be listed ({err.strerror})"
+        if held:
+            earlier = "run.json" in held or ".hydra" in held or "multirun.yaml" in held
+            kind = f"an earlier {what}" if earlier else "other files"
+            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+            return f"{text} already holds {kind} ({shown}), which this one would overwrite"
+    return None
+
+
 class RunDirectory:
     """Writes one run's provenance and results into ``path`` (atomic writes throughout)."""
 

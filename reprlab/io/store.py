@@ -73,7 +73,7 @@ META = "meta.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "work/last.pt"
 _SEAL = b"reprlab-sealed sha256="
-_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
 Payload = Any
 """What an artifact stores: a tensor, or dicts/lists of tensors and plain values."""
@@ -596,6 +596,7 @@ class ArtifactStore:
             meta = {
                 "kind": "model",
                 **meta,
+                "key": path.name,
                 "status": "complete",
                 "format": KEY_FORMAT,
                 "files": recorded,
@@ -649,7 +650,11 @@ class ArtifactStore:
         return results
 
     def resolve(self, name_or_key: str) -> list[str]:
-        """Keys matching a key, a unique key prefix, or a recipe name."""
+        """Keys ``name_or_key`` names: the key itself when an entry has it, else every key it
+        prefixes and every entry of that recipe name (the caller decides whether several are
+        meant)."""
+        if name_or_key and (self.root / name_or_key).is_dir():
+            return [name_or_key]
         keys = []
         for key, meta, _ in self.entries():
             if key.startswith(name_or_key) or (meta and _label(meta) == name_or_key):
@@ -718,4 +723,28 @@ def _read_sealed_meta(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"{META} is not a JSON object"
     if not isinstance(meta.get("files"), dict) or PAYLOAD not in meta["files"]:
         return meta, f"{META} records no sha256 of {PAYLOAD}"
-    return meta, None
+    return meta, _misplaced(path.name, meta)
+
+
+def _misplaced(key: str, meta: Mapping[str, Any]) -> str | None:
+    """Why the sealed ``meta`` does not belong under ``key`` (None when it does).
+
+    The seal proves the files are the ones written, not *where*: an entry copied or moved under
+    another key would pass it. So the key is bound to the content twice: meta.json records the
+    key it was written under, and the key is recomputed from the identity it records.
+    """
+    recorded = meta.get("key")
+    if recorded != key:
+        if recorded is None:
+            return f"{META} records no key, so it cannot be told apart from a copied entry"
+        return (
+            f"{META} was written for entry {recorded}: it was copied or moved here, and "
+            "its weights are not this key's model"
+        )
+    identity = meta.get("identity")
+    if isinstance(identity, Mapping) and store_key(identity) != key:
+        return (
+            f"the identity in {META} hashes to {store_key(identity)}, not to this key: the "
+            "entry was edited, copied or moved"
+        )
+    return None

@@ -32,6 +32,8 @@ from reprlab.run.groups import (  # noqa: F401  (torch-free: the CLI imports the
 from reprlab.runtime import MODES as MODEL_MODES
 
 MAX_SEED = 2**32 - 1
+MAX_ATTACK_STEPS = 100_000
+"""The most steps an attack may take (published PGD: 7 to 1000; APGD: 100)."""
 """Seeds are 0..2**32-1: what NumPy, torch and Python all accept."""
 
 
@@ -490,6 +492,11 @@ def attack_spec(node: Any, where: str = "attack") -> AttackSpec | AutoAttackSpec
     if spec.step_size is not None:
         check_positive(f"{where}.step_size", spec.step_size)
     check_positive(f"{where}.steps", spec.steps)
+    if spec.steps > MAX_ATTACK_STEPS:
+        raise ReprlabError(
+            f"{where}.steps={spec.steps} is invalid: at most {MAX_ATTACK_STEPS} (published attacks "
+            "take 7 to 1000 steps; this many would not finish)"
+        )
     check_positive(f"{where}.restarts", spec.restarts)
     if spec.restarts > 1 and not spec.random_start:
         raise ReprlabError(
@@ -539,18 +546,24 @@ def dataset_spec(node: Any) -> DatasetSpec:
     check_choice("dataset.name", spec.name, tuple(available_datasets()))
     check_nonempty("dataset.root", spec.root)
     if spec.train_limit is not None:
-        from reprlab.data import train_size
-
         check_positive("dataset.train_limit", spec.train_limit)
-        size = train_size(spec.name)
-        if size is not None and spec.train_limit > size:
-            raise ReprlabError(
-                f"dataset.train_limit={spec.train_limit} is more than the {size:,} training "
-                f"images of {spec.name}; lower it, or use dataset.train_limit=null for all"
-            )
+        check_train_limit(spec)
     check_non_negative("dataset.eps_linf", spec.eps_linf)
     check_non_negative("dataset.eps_l2", spec.eps_l2)
     return spec
+
+
+def check_train_limit(spec: DatasetSpec) -> None:
+    """Raise ReprlabError when ``dataset.train_limit`` exceeds the training split: it would
+    select every image, yet name a different model (a second training of the same one)."""
+    from reprlab.data import train_size
+
+    size = train_size(spec.name)
+    if size is not None and spec.train_limit is not None and spec.train_limit > size:
+        raise ReprlabError(
+            f"dataset.train_limit={spec.train_limit} is more than the {size} training images of "
+            f"{spec.name}; use dataset.train_limit=null for all of them"
+        )
 
 
 def recipe_dataset(spec: ModelRecipe, run: DatasetSpec) -> DatasetSpec:
@@ -681,6 +694,8 @@ def validate(cfg: DictConfig) -> None:
             check_imported(spec, dataset, str(cfg.paths.store))
     attack = attack_spec(cfg.get("attack"))
     check_radius("attack.eps", attack.eps, attack.norm, info)
+    if isinstance(attack, AutoAttackSpec):
+        check_autoattack_fits(attack, info.num_classes, dataset.name)
     if isinstance(attack, AttackSpec) and attack.targeted:
         raise ReprlabError(
             "attack.targeted=true is invalid: reprlab's analyses measure and craft untargeted "
@@ -696,6 +711,19 @@ def validate(cfg: DictConfig) -> None:
         raise ReprlabError(f"analysis.name: {str(err).splitlines()[0]}") from None
     if not isinstance(name, str):
         raise ReprlabError(f"analysis.name={_show(name)} is invalid: name an analysis")
+
+
+def check_autoattack_fits(spec: AutoAttackSpec, classes: int, dataset: str) -> None:
+    """Raise ReprlabError unless AutoAttack's seed is a seed and its targeted stages have that
+    many other classes of ``dataset`` to aim at."""
+    if spec.seed is not None:
+        check_seed("attack.seed", spec.seed)
+    if spec.target_classes is not None and spec.target_classes > classes - 1:
+        raise ReprlabError(
+            f"attack.target_classes={spec.target_classes} is invalid: {dataset} has "
+            f"{classes - 1} other classes to target; lower it or leave it null "
+            f"(min(9, {classes - 1}))"
+        )
 
 
 def check_validation_fits(spec: ModelRecipe, dataset: DatasetSpec, where: str = "model") -> None:
@@ -736,6 +764,12 @@ def check_trainer(trainer: TrainerSpec, device: Any, cfg: DictConfig) -> None:
             "with CUDA_VISIBLE_DEVICES=... and use device=cuda"
         )
     resolve_speed(trainer.bf16, trainer.channels_last, trainer.compile, device)
+    if str(trainer.compile).lower() in ("on", "true") and device.type == "cpu":
+        raise ReprlabError(
+            "trainer.compile=on is refused on the CPU: torch.compile spends minutes compiling "
+            "before the first step, longer than reprlab's CPU runs take; use trainer.compile=off "
+            "(or auto: on for CUDA only)"
+        )
     if trainer.devices < 1:
         raise ReprlabError(f"trainer.devices={trainer.devices} is invalid: it must be >= 1")
     if trainer.sync_batchnorm and trainer.devices > 1 and device.type != "cuda":
