@@ -25,7 +25,7 @@ THIN_STAGES = ("layer1", "layer2", "layer3")
 
 
 class ThinResNet(StagedNet):
-    """ResNet-(6n+2) on normalised [batch, in_channels, h, w] input -> logits [batch, num_classes]."""
+    """ResNet-(6n+2) on normalised [batch, in_channels, h, w] input -> logits [batch, classes]."""
 
     def __init__(self, blocks_per_stage: int, *, num_classes: int, in_channels: int) -> None:
         super().__init__()
@@ -33,7 +33,9 @@ class ThinResNet(StagedNet):
         self.bn1 = nn.BatchNorm2d(THIN_WIDTHS[0])
         self.relu = nn.ReLU()
         in_planes = THIN_WIDTHS[0]
-        for index, (planes, stride) in enumerate(zip(THIN_WIDTHS, THIN_STRIDES), start=1):
+        for index, (planes, stride) in enumerate(
+            zip(THIN_WIDTHS, THIN_STRIDES, strict=True), start=1
+        ):
             blocks = []
             for block_stride in [stride] + [1] * (blocks_per_stage - 1):
                 blocks.append(BasicBlock(in_planes, planes, block_stride))
