@@ -7,7 +7,7 @@ DATA   := $(or $(REPRLAB_DATA),outputs/data)
 MNIST  := $(DATA)/MNIST/raw/t10k-labels-idx1-ubyte
 FASHION := $(DATA)/FashionMNIST/raw/t10k-labels-idx1-ubyte
 # The findings study's steps (conf/experiment/findings_*.yaml), in order; the report comes last.
-FINDINGS := findings_train findings_cka findings_cka_epochs findings_stitching \
+FINDINGS := findings_train findings_evaluate findings_cka findings_cka_epochs findings_stitching \
             findings_stitching_cross findings_stir findings_inversion findings_vulnerability
 
 .PHONY: help setup data demo findings test test-all lint bench clean

@@ -27,6 +27,7 @@ from reprlab.run.context import RunContext
 
 STUDIES = (
     "train",
+    "evaluate",
     "cka",
     "cka_epochs",
     "stitching",
@@ -101,9 +102,27 @@ def _matrix(path: Path) -> pd.DataFrame:
 # --- per study: the numbers ----------------------------------------------------------------------
 
 
-def models_table(jobs: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+def _model_of(record: dict[str, Any]) -> tuple[str, int]:
+    return override(record, "model", "?") or "?", int(override(record, "model.seed", "0") or 0)
+
+
+def _monitor_robust(summary: dict[str, Any]) -> float:
+    """The last epoch's robust accuracy at the recipe's own threat: validation split if any,
+    else the monitor's PGD on test images (``eval_pgd<steps>_acc``)."""
+    if "val_robust_acc" in summary:
+        return float(summary["val_robust_acc"])
+    pgd = [v for k, v in summary.items() if k.startswith("eval_pgd") and k.endswith("_acc")]
+    return float(pgd[0]) if pgd else math.nan
+
+
+def models_table(
+    train: list[tuple[Path, dict[str, Any]]], evaluate: list[tuple[Path, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """One row per trained network: its training run's monitor figures and the evaluate
+    study's clean and PGD-10 accuracy at L∞ 0.1."""
+    evaluated = {_model_of(rec): rec.get("summary", {}) for _, rec in evaluate}
     rows = []
-    for job, rec in jobs:
+    for job, rec in train:
         s = rec.get("summary", {})
         rows.append(
             {
@@ -111,11 +130,14 @@ def models_table(jobs: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]
                 "seed": int(override(rec, "model.seed", "0") or 0),
                 "adversary": s.get("adversary", "?"),
                 "clean": s.get("eval_clean_acc", s.get("val_clean_acc", math.nan)),
-                "robust (own threat)": s.get("eval_robust_acc", s.get("val_robust_acc", math.nan)),
+                "robust (own threat)": _monitor_robust(s),
                 "train minutes": (s.get("train_seconds") or math.nan) / 60,
                 "dir": job,
             }
         )
+        e = evaluated.get(_model_of(rec), {})
+        rows[-1]["clean (1,000)"] = e.get("clean_acc", math.nan)
+        rows[-1]["PGD-10 L∞ 0.1"] = e.get("robust_acc", math.nan)
     return sorted(rows, key=lambda r: (r["model"], r["seed"]))
 
 
@@ -153,7 +175,7 @@ def gather(root: Path) -> Gathered:
         for study, js in jobs.items()
         if js
     }
-    models = models_table(jobs["train"])
+    models = models_table(jobs["train"], jobs["evaluate"])
 
     # Cianfarani et al.: (a)-(c) from the panels, (d) from epochs + validation curves.
     far, blocks, same = {"robust": [], "standard": []}, {"robust": [], "standard": []}, []
