@@ -63,7 +63,7 @@ demo: setup data
 findings: setup data $(FASHION)
 	@start=$$(date +%s); \
 	for study in $(FINDINGS); do \
-	  $(BIN)/reprlab run -m experiment=$$study progress=false || exit 1; \
+	  $(BIN)/reprlab run -m experiment=$$study || exit 1; \
 	done; \
 	$(BIN)/reprlab run experiment=findings_report || exit 1; \
 	echo "make findings: $$(( $$(date +%s) - start )) s; report: $$(ls -d outputs/runs/findings/report/* | tail -1)/findings.md"
