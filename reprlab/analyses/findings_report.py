@@ -149,6 +149,14 @@ def validation_curve(job: Path) -> list[float]:
     return [float(v) for v in frame["val_robust_acc"]] if "val_robust_acc" in frame else []
 
 
+PAIRINGS = ("findings_std_std", "findings_std_rob", "findings_rob_std", "findings_rob_rob")
+
+
+def _partial(v: criteria.Verdict, note: str) -> criteria.Verdict:
+    """``v`` with a note that it rests on part of the registered runs."""
+    return criteria.Verdict(v.verdict, v.numbers, f"{v.why} (partial: {note})")
+
+
 def _both_ways(stir_json: dict[str, Any], a: str, b: str) -> list[float]:
     """STIR(b | a) and STIR(a | b) from a model-set run's stir.json (row: the IRIs' model)."""
     labels, stir = stir_json["models"], stir_json["stir_matrix"]
@@ -194,6 +202,9 @@ def gather(root: Path) -> Gathered:
     verdicts["a"] = criteria.specialisation(far["robust"], far["standard"])
     verdicts["b"] = criteria.block_structure(blocks["robust"], blocks["standard"])
     verdicts["c"] = criteria.same_layer_fall(same)
+    if 0 < len(jobs["cka"]) < 2:
+        for cid in "abc":
+            verdicts[cid] = _partial(verdicts[cid], "one seed pair of two ran")
 
     curves_by_seed = {
         r["seed"]: validation_curve(r["dir"]) for r in models if r["model"] == "findings_at"
@@ -216,6 +227,8 @@ def gather(root: Path) -> Gathered:
         if curves and all(curves)
         else criteria.Verdict(criteria.NOT_MEASURED, why="no validation curve or CKA across epochs")
     )
+    if len(curves) == 1:
+        verdicts["d"] = _partial(verdicts["d"], "one robust model of two ran")
 
     # Balogh & Jelasity: (e), (f), (g).
     relative, rob_std = {}, None
@@ -227,6 +240,12 @@ def gather(root: Path) -> Gathered:
             rob_std = (table["robust_acc"].tolist(), rec["summary"]["front_robust_acc"])
         figures.setdefault("stitching", []).append(job / "stitching.png")
     verdicts["e"] = criteria.stitch_clean(relative)
+    if relative and len(relative) < len(PAIRINGS):
+        verdicts["e"] = criteria.Verdict(
+            criteria.NOT_MEASURED,
+            verdicts["e"].numbers,
+            f"{len(relative)} of the {len(PAIRINGS)} pairings ran",
+        )
     verdicts["f"] = (
         criteria.stitch_robust_shape(*rob_std)
         if rob_std
