@@ -122,6 +122,42 @@ def test_iris_match_the_reference_representation(inputs: torch.Tensor) -> None:
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
+def dead_at_zero() -> Classifier:
+    """ReLU(W x - 0.1) with W > 0: every unit is active on the inputs and dead on a black seed."""
+    linear = nn.Linear(64, 16)
+    with torch.no_grad():
+        linear.weight.copy_(torch.rand(16, 64, generator=torch.Generator().manual_seed(5)) / 32)
+        linear.bias.fill_(-0.1)
+    return classifier(nn.Sequential(nn.Flatten(1), linear, nn.ReLU()), 16)
+
+
+def test_fake_relu_lets_the_search_revive_dead_units(inputs: torch.Tensor) -> None:
+    model = dead_at_zero()
+    black = torch.zeros_like(inputs)
+    true_gradient = stir.find_iris(model, "rep", inputs, black, steps=30, batch_size=64)
+    fake = stir.find_iris(model, "rep", inputs, black, steps=30, batch_size=64, fake_relu=True)
+    # From a seed where every unit is dead the true gradient is zero: the search cannot move.
+    torch.testing.assert_close(true_gradient.x_prime, black)
+    torch.testing.assert_close(true_gradient.distance, torch.ones(len(inputs)))
+    # fake_relu passes gradient through the dead units and the search gets close...
+    assert float(fake.distance.max()) < 0.2
+    # ...and its distances are those of the true model (values unchanged), recomputed here.
+    with torch.no_grad():
+        target = model.features(inputs, ["rep"])["rep"]
+        reached = model.features(fake.x_prime, ["rep"])["rep"]
+    torch.testing.assert_close(
+        fake.distance, (reached - target).norm(dim=1) / target.norm(dim=1), rtol=1e-4, atol=1e-6
+    )
+    # The model's ReLU is itself again afterwards.
+    assert "forward" not in model.net.rep[2].__dict__
+
+
+def test_the_authors_rule_uses_fake_relu_except_for_vgg_and_inception() -> None:
+    assert stir.authors_fake_relu("resnet18") and stir.authors_fake_relu("cnn_small")
+    assert stir.authors_fake_relu("resnet20_mini")
+    assert not stir.authors_fake_relu("vgg16") and not stir.authors_fake_relu("inception_v3")
+
+
 def test_iris_do_not_depend_on_the_batching(inputs: torch.Tensor) -> None:
     model = block_means_mixed()
     seeds = stir.seed_images(inputs, "uniform", torch.Generator().manual_seed(2))

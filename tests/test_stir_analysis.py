@@ -126,6 +126,24 @@ def test_a_second_run_reuses_every_stored_iri_and_gives_the_same_values(workdir:
     pd.testing.assert_frame_equal(first, again)
 
 
+def test_the_gradient_rule_is_recorded_and_keys_the_iris(workdir: Path) -> None:
+    """Default: the authors' rule (fake_relu for cnn_small); fake_relu=false searches anew (its
+    IRIs have other keys) and the run records which gradient each reference used."""
+    first = runs(workdir)[0]
+    before = set(runs(workdir))
+    result = run_reprlab("run", *PAIR, "analysis.fake_relu=false", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    run_dir = next(path for path in runs(workdir) if path not in before)
+    default, true_gradient = (json.loads((d / "run.json").read_text()) for d in (first, run_dir))
+    assert set(default["summary"]["fake_relu"].values()) == {True}
+    assert set(true_gradient["summary"]["fake_relu"].values()) == {False}
+    new = true_gradient["artifacts"]
+    assert new and all(entry["produced_now"] for entry in new.values())
+    keys = {entry["key"] for entry in default["artifacts"].values()}
+    assert keys.isdisjoint(entry["key"] for entry in new.values())
+    assert "IRI search: true ReLU gradient" in result.stdout
+
+
 def test_model_set_gives_stir_and_cka_matrices(workdir: Path) -> None:
     first, second = (
         f"{{recipe: cnn_small, {TINY}}}",
@@ -203,6 +221,7 @@ def keep_signal_handlers():
             "analysis.models[1].adversary.eps=9.0 is invalid",
         ),
         ([], "add ref=<recipe>"),
+        (["analysis.fake_relu=maybe"], "analysis.fake_relu='maybe' is invalid"),
     ],
 )
 def test_user_errors_print_one_line_and_write_nothing(

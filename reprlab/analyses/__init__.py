@@ -40,6 +40,8 @@ RUNNERS = {
     "feature_manip": "reprlab.analyses.inversion_study",
     "interpolation": "reprlab.analyses.inversion_study",
     "inversion_study": "reprlab.analyses.inversion_study",
+    # The findings study's report, assembled from the runs of experiment=findings_*.
+    "findings_report": "reprlab.analyses.findings_report",
 }
 
 

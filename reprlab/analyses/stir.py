@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from reprlab.analyses import inputs, settings_once
+from reprlab.core.taps import last_relu
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
@@ -72,6 +73,7 @@ class Settings:
     estimator: str
     cka_batch_size: int
     precision: str
+    fake_relu: Any  # auto (the authors' rule) | True | False
     tap: str | None
     ref_tap: str | None
     layers: Any  # None, "blocks", "all" or a list of taps both models have
@@ -117,6 +119,11 @@ def settings(cfg: DictConfig) -> Settings:
             f"needs >= {MIN_EXAMPLES} inputs per batch"
         )
     check_choice("analysis.precision", s.precision, compute.PRECISIONS)
+    if not (s.fake_relu == "auto" or isinstance(s.fake_relu, bool)):
+        raise ReprlabError(
+            f"analysis.fake_relu={s.fake_relu!r} is invalid: use auto (the authors' rule), "
+            "true or false"
+        )
     check_non_negative("analysis.grid_images", s.grid_images)
     info = dataset_info(cfg.dataset.name)
     if s.models is not None:
@@ -141,7 +148,8 @@ def settings(cfg: DictConfig) -> Settings:
                 "its own name, e.g. {recipe: cnn_small, seed: 1, name: cnn_small_s1}"
             )
         for spec, (_, _, where) in zip(specs, entries(s), strict=True):
-            tap_of(build_for(spec, info), s.tap, where)
+            model = build_for(spec, info)
+            check_fake_relu(s, model, tap_of(model, s.tap, where), where)
         return s
     if cfg.get("ref") is None:
         raise ReprlabError(
@@ -151,11 +159,31 @@ def settings(cfg: DictConfig) -> Settings:
     first = build_for(recipe(cfg.model, "model"), info)
     second = build_for(recipe(cfg.ref, "ref"), info)
     if s.layers is not None:
-        layer_taps(s.layers, first, second)
+        for tap in layer_taps(s.layers, first, second):
+            check_fake_relu(s, first, tap, "model")
+            check_fake_relu(s, second, tap, "ref")
     else:
-        tap_of(first, s.tap, "model")
-        tap_of(second, s.ref_tap if s.ref_tap is not None else s.tap, "ref")
+        check_fake_relu(s, first, tap_of(first, s.tap, "model"), "model")
+        ref_tap = s.ref_tap if s.ref_tap is not None else s.tap
+        check_fake_relu(s, second, tap_of(second, ref_tap, "ref"), "ref")
     return s
+
+
+def fake_relu_of(s: Settings, model: Classifier) -> bool:
+    """Whether ``model``'s IRIs are searched with fake_relu: ``analysis.fake_relu``, where
+    ``auto`` is the authors' rule (all architectures but VGG and Inception)."""
+    if s.fake_relu == "auto":
+        return compute.authors_fake_relu(model.arch)
+    return bool(s.fake_relu)
+
+
+def check_fake_relu(s: Settings, model: Classifier, tap: str, where: str) -> None:
+    """Refuse fake_relu for a model without a ReLU module before ``tap`` (before any work)."""
+    if fake_relu_of(s, model):
+        try:
+            last_relu(model, tap)
+        except ReprlabError as err:
+            raise ReprlabError(f"analysis.fake_relu for {where}: {err}") from None
 
 
 def entries(s: Settings) -> list[tuple[str, dict[str, Any] | None, str]]:
@@ -242,6 +270,7 @@ class Measurement:
     grid: dict[str, np.ndarray]
     iris: list[list[str]]
     seeds: list[int | None]
+    fake_relu: list[bool]
 
     @property
     def n(self) -> int:
@@ -278,6 +307,7 @@ def iris(
     ctx: RunContext, s: Settings, member: Member, x: torch.Tensor, seed: int | None, sample: dict
 ) -> tuple[dict[str, torch.Tensor], str]:
     """The IRIs of ``member`` for X from the seeds of ``seed`` (store artifact): payload, key."""
+    fake_relu = fake_relu_of(s, member.model)
     identity = {
         "model": member.loaded.key,
         "tap": member.tap,
@@ -290,6 +320,7 @@ def iris(
             "step_size": s.step_size,
             "constraint": "box",
             "keep_best": True,
+            "fake_relu": fake_relu,
         },
         "precision": s.precision,
         "version": IRI_VERSION,
@@ -297,8 +328,9 @@ def iris(
 
     def produce(files: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         log.info(
-            "IRIs of %s at %s (%s seeds, seed %s): %d images, %d steps",
+            "IRIs of %s at %s (%s seeds, seed %s): %d images, %d steps, %s",
             member.label, member.tap, s.seed_kind, seed, x.shape[0], s.steps,
+            "fake_relu" if fake_relu else "true ReLU gradient",
         )  # fmt: skip
         started = time.perf_counter()
         found = compute.find_iris(
@@ -310,6 +342,7 @@ def iris(
             step_size=s.step_size,
             batch_size=s.batch_size,
             precision=s.precision,
+            fake_relu=fake_relu,
             progress=ctx.progress,
         )
         payload = {
@@ -386,6 +419,7 @@ def measure(
         grid=grid,
         iris=keys,
         seeds=seeds,
+        fake_relu=[fake_relu_of(s, m.model) for m in members],
     )
 
 
@@ -466,8 +500,26 @@ def settings_line(ctx: RunContext, s: Settings, n: int) -> str:
     """Settings for figure titles: dataset, N, seeds, search, estimator, repeats."""
     return (
         f"{ctx.dataset.name} {s.split} · N={n} · seeds {s.seed_kind} · {s.steps} L2 steps of "
-        f"{s.step_size:g} · {s.estimator} linear CKA · mean ± std over {s.repeats} repeats"
+        f"{s.step_size:g} ({_gradient(s)}) · {s.estimator} linear CKA · mean ± std over "
+        f"{s.repeats} repeats"
     )
+
+
+def _searched(result: Measurement) -> str:
+    """Which gradient each reference's IRI search used, for the printed tables."""
+    kinds = {"fake_relu" if f else "true ReLU gradient" for f in result.fake_relu}
+    if len(kinds) == 1:
+        return kinds.pop()
+    return ", ".join(
+        f"{label} {'fake_relu' if f else 'true gradient'}"
+        for label, f in zip(result.labels, result.fake_relu, strict=True)
+    )
+
+
+def _gradient(s: Settings) -> str:
+    if s.fake_relu == "auto":
+        return "fake_relu: authors' rule"
+    return "fake_relu" if s.fake_relu else "true ReLU gradient"
 
 
 def write_common(
@@ -508,6 +560,7 @@ def base_summary(s: Settings, result: Measurement) -> dict[str, Any]:
         "estimator": s.estimator,
         "precision": s.precision,
         "taps": dict(zip(result.labels, result.taps, strict=True)),
+        "fake_relu": dict(zip(result.labels, result.fake_relu, strict=True)),
         "iris": result.iris,
     }
 
@@ -575,7 +628,10 @@ def run_pair(ctx: RunContext, s: Settings, x: torch.Tensor, members: list[Member
     ctx.run.write_json("stir", out)
     print_table(
         [{"measure": name, "mean": v["mean"], "std": v["std"]} for name, v in values.items()],
-        title=f"STIR on {result.n} {s.split} images of {ctx.dataset.name} ({s.repeats} repeats):",
+        title=(
+            f"STIR on {result.n} {s.split} images of {ctx.dataset.name} ({s.repeats} repeats; "
+            f"IRI search: {_searched(result)}):"
+        ),
     )
     print_table(
         [
@@ -641,7 +697,10 @@ def run_matrix(ctx: RunContext, s: Settings, x: torch.Tensor) -> dict[str, Any]:
     cells = [[f"{mean[i, j]:.3f}±{std[i, j]:.3f}" for j in range(k)] for i in range(k)]
     print_table(
         pd.DataFrame(cells, index=labels, columns=labels).rename_axis("row").reset_index(),
-        title=f"STIR(column | row) on {result.n} {s.split} images ({s.repeats} repeats):",
+        title=(
+            f"STIR(column | row) on {result.n} {s.split} images ({s.repeats} repeats; "
+            f"IRI search: {_searched(result)}):"
+        ),
         common=False,
     )
     print_table(

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from reprlab.core.fit import requires_grad_off
 from reprlab.core.optimize import InputOptimizer
+from reprlab.core.taps import fake_relu as fake_relu_context
 from reprlab.errors import ReprlabError
 from reprlab.methods.similarity import MinibatchCKA, cka
 from reprlab.models import Classifier
@@ -46,6 +47,19 @@ ESTIMATORS = ("exact", "minibatch")
 unbiased HSIC accumulated over batches (Nguyen et al. 2021), for N too large for one Gram."""
 
 PRECISIONS = ("fp32", "bf16")
+
+TRUE_GRADIENT_ARCHS = ("vgg", "inception")
+"""Architecture families the authors' package searches with the true ReLU gradient; every other
+one it searches with ``fake_relu=True`` (:func:`authors_fake_relu`)."""
+
+
+def authors_fake_relu(arch: str) -> bool:
+    """The authors' rule (``stir-invariance``): search IRIs with ``fake_relu`` -- the last ReLU
+    before the tap passes gradient through dead units -- for every architecture except VGG and
+    Inception, whose implementations there have no fake ReLU."""
+    name = arch.lower()
+    return not any(family in name for family in TRUE_GRADIENT_ARCHS)
+
 
 # A zero target representation makes the relative distance 0/0; it is divided by this instead.
 _TINY = 1e-12
@@ -133,6 +147,7 @@ def find_iris(
     step_size: float = 0.5,
     batch_size: int = 100,
     precision: str = "fp32",
+    fake_relu: bool = False,
     progress: bool = False,
 ) -> IRIs:
     """Inputs X′ that ``model`` represents at ``tap`` like ``x`` (Nanda et al. 2022, Sec. 3).
@@ -143,7 +158,10 @@ def find_iris(
     kept (the seed included). Images are optimised ``batch_size`` at a time; each image's result
     is independent of the batching (the model runs in eval mode). The forward pass stops at
     ``tap``. ``precision="bf16"`` runs the model under bfloat16 autocast (the iterate and the
-    distances stay float32).
+    distances stay float32). ``fake_relu=True`` makes the last ReLU before ``tap`` the identity in
+    the backward pass (:func:`reprlab.core.taps.fake_relu`; the authors' package does so for all
+    but VGG and Inception, :func:`authors_fake_relu`): values, and so the distances, are
+    unchanged, but the search can move dead units.
 
     Cost: ``steps + 1`` forward and ``steps`` backward passes to the tap per image, plus one
     forward for the target and one for the seed distance.
@@ -160,7 +178,8 @@ def find_iris(
     found, distances, starts = [], [], []
     starts_of = range(0, x.shape[0], batch_size)
     bar = tqdm(starts_of, desc=f"IRIs of {model.arch} at {tap}", disable=None if progress else True)
-    with module_mode(model, mode="eval"), requires_grad_off(list(model.parameters())):
+    relu = fake_relu_context(model, tap) if fake_relu else nullcontext()
+    with module_mode(model, mode="eval"), requires_grad_off(list(model.parameters())), relu:
         for start in bar:
             xb = x[start : start + batch_size]
             sb = seeds[start : start + batch_size].to(xb.device)

@@ -10,6 +10,7 @@ from reprlab.models import (  # noqa: F401
     encoder,
     preact_resnet,
     resnet,
+    thin_resnet,
     torchvision_resnet,
     vgg,
     wide_resnet,

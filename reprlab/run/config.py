@@ -289,10 +289,8 @@ def recipe(node: Any, where: str = "model") -> ModelRecipe:
         raise ReprlabError(
             f"{where}.snapshot_epochs has {bad} outside 1..{t.epochs} ({where}.train.epochs)"
         )
-    if spec.dataset is not None:
-        from reprlab.data import available_datasets
-
-        check_choice(f"{where}.dataset", spec.dataset, tuple(available_datasets()))
+    if spec.dataset is not None:  # a dataset config (recipe_dataset reads it), e.g. a subset
+        check_choice(f"{where}.dataset", spec.dataset, tuple(group_options("dataset")))
     if spec.adversary is not None:
         a = spec.adversary
         check_choice(f"{where}.adversary.norm", a.norm, NORMS)
