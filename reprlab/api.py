@@ -452,7 +452,8 @@ def stir(
     ``steps`` L2-normalised steps of ``step_size``; then linear CKA of ``m2`` on X and X′.
     Returns rows ``STIR(m2|m1)``, ``STIR(m1|m2)`` and ``CKA(m1,m2)`` with their values.
     """
-    from reprlab.methods.stir import find_iris, seed_images, tap_features
+    from reprlab.core.representation import Representation
+    from reprlab.methods.stir import find_iris, seed_images
     from reprlab.methods.stir import stir as stir_of
 
     device = _device_of(m1)
@@ -475,7 +476,9 @@ def stir(
     rows.append(
         {
             "measure": "CKA(m1,m2)",
-            "value": linear_cka(tap_features(m1, tap1, x), tap_features(m2, tap2, x)),
+            "value": linear_cka(
+                Representation(m1, tap1).encode_all(x), Representation(m2, tap2).encode_all(x)
+            ),
         }
     )
     frame = pd.DataFrame(rows)

@@ -80,14 +80,28 @@ EXPERIMENTS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "demo_cka": ("mnist", CKA, ["cka.json"], False),
     "inversion_demo": (
         "mnist",
-        [*INVERSION, "analysis.repr_distance.eps=[1.0,2.0]", "analysis.repr_distance.show_eps=[1.0]"],
-        ["inversion.csv", "repr_distance.csv", "feature_vis.csv", "feature_manip.csv",
-         "interpolation.csv", "inversion_summary.json"],
+        [
+            *INVERSION,
+            "analysis.repr_distance.eps=[1.0,2.0]",
+            "analysis.repr_distance.show_eps=[1.0]",
+        ],
+        [
+            "inversion.csv",
+            "repr_distance.csv",
+            "feature_vis.csv",
+            "feature_manip.csv",
+            "interpolation.csv",
+            "inversion_summary.json",
+        ],
         False,
     ),
     "repr_distance_fashion": (
         "fashion_mnist",
-        [*INVERSION, "analysis.repr_distance.eps=[1.0,2.0]", "analysis.repr_distance.show_eps=[2.0]"],
+        [
+            *INVERSION,
+            "analysis.repr_distance.eps=[1.0,2.0]",
+            "analysis.repr_distance.show_eps=[2.0]",
+        ],
         ["repr_distance.csv"],
         False,
     ),
@@ -97,30 +111,67 @@ EXPERIMENTS: dict[str, tuple[str, list[str], list[str], bool]] = {
         ["stir.json", "stir_matrix.csv"],
         False,
     ),
-    "stitching_demo": ("mnist+fashion_mnist", STITCHING, ["stitching.csv", "stitching.json"], False),
-    "vulnerability_demo": ("mnist", VULNERABILITY, ["vulnerability.csv", "vulnerability.json"], False),
+    "stitching_demo": (
+        "mnist+fashion_mnist",
+        STITCHING,
+        ["stitching.csv", "stitching.json"],
+        False,
+    ),
+    "vulnerability_demo": (
+        "mnist",
+        VULNERABILITY,
+        ["vulnerability.csv", "vulnerability.json"],
+        False,
+    ),
     "vulnerability_mnist": ("mnist", VULNERABILITY, ["vulnerability.csv"], False),
     # The paper-scale studies: CIFAR-10 ResNet-18/50s, Restricted ImageNet ResNet-50s.
     "stitching_cifar10": ("cifar10", STITCHING, ["stitching.csv", "stitching.json"], True),
     "stir_cifar_table1": (
         "cifar10",
-        [*STIR, tiny_stir_models("resnet18", "resnet18:1:resnet18_s1", "resnet18_at_l2",
-                                 "resnet18_at_l2:1:resnet18_at_l2_s1")],
+        [
+            *STIR,
+            tiny_stir_models(
+                "resnet18",
+                "resnet18:1:resnet18_s1",
+                "resnet18_at_l2",
+                "resnet18_at_l2:1:resnet18_at_l2_s1",
+            ),
+        ],
         ["stir.json", "stir_matrix.csv"],
         True,
     ),
     "inversion_cifar10": (
         "cifar10+cifar100",
-        [*INVERSION, "analysis.repr_distance.eps=[0.5,2.0]", "analysis.repr_distance.show_eps=[0.5]"],
-        ["inversion.csv", "repr_distance.csv", "feature_vis.csv", "feature_manip.csv",
-         "interpolation.csv", "inversion_summary.json"],
+        [
+            *INVERSION,
+            "analysis.repr_distance.eps=[0.5,2.0]",
+            "analysis.repr_distance.show_eps=[0.5]",
+        ],
+        [
+            "inversion.csv",
+            "repr_distance.csv",
+            "feature_vis.csv",
+            "feature_manip.csv",
+            "interpolation.csv",
+            "inversion_summary.json",
+        ],
         True,
     ),
     "inversion_restricted_imagenet": (
         "restricted_imagenet",
-        [*INVERSION, "analysis.repr_distance.eps=[4.0,16.0]", "analysis.repr_distance.show_eps=[4.0]"],
-        ["inversion.csv", "repr_distance.csv", "feature_vis.csv", "feature_manip.csv",
-         "interpolation.csv", "inversion_summary.json"],
+        [
+            *INVERSION,
+            "analysis.repr_distance.eps=[4.0,16.0]",
+            "analysis.repr_distance.show_eps=[4.0]",
+        ],
+        [
+            "inversion.csv",
+            "repr_distance.csv",
+            "feature_vis.csv",
+            "feature_manip.csv",
+            "interpolation.csv",
+            "inversion_summary.json",
+        ],
         True,
     ),
     "vulnerability_cifar10": ("cifar10", VULNERABILITY, ["vulnerability.csv"], True),
@@ -179,7 +230,9 @@ def check_run(run: Path, files: list[str]) -> None:
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "completed", record.get("status")
     for name in files:
-        assert list(run.rglob(name)), f"{run} has no {name}: {sorted(p.name for p in run.iterdir())}"
+        assert list(run.rglob(name)), (
+            f"{run} has no {name}: {sorted(p.name for p in run.iterdir())}"
+        )
 
 
 def experiment_params() -> list:

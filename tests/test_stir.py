@@ -3,14 +3,12 @@ measure's defining property on networks whose invariances are known by construct
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
 import torch
 from reference_cka import minibatch_cka
 from torch import nn
 
+from reprlab.core.representation import Representation
 from reprlab.errors import ReprlabError
 from reprlab.methods import stir
 from reprlab.models import Classifier, build_model
@@ -225,14 +223,6 @@ def test_stir_is_one_for_shared_invariances_and_asymmetric_otherwise(inputs) -> 
 def test_stir_reuses_given_features(inputs: torch.Tensor) -> None:
     model = block_means_mixed()
     prime = iris_of(model, inputs, steps=30)
-    features = stir.tap_features(model, "rep", inputs)
+    features = Representation(model, "rep").encode_all(inputs)
     given = stir.stir(model, "rep", inputs, prime, features_x=features)
     assert given == stir.stir(model, "rep", inputs, prime)
-
-
-def test_spread_is_mean_and_sample_std() -> None:
-    mean, std = stir.spread([0.5, 0.6, 0.7])
-    assert mean == pytest.approx(0.6) and std == pytest.approx(0.1)
-    assert stir.spread([0.4]) == (0.4, 0.0)
-    assert all(math.isnan(v) for v in stir.spread([]))
-    assert np.isfinite(stir.spread(np.array([1.0, 2.0]))[1])

@@ -27,16 +27,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from reprlab.analyses import inputs, settings_once
+from reprlab.analyses.tap_settings import tap_in, taps_in
+from reprlab.core.representation import PRECISIONS, Representation
+from reprlab.core.stats import mean_std
 from reprlab.core.taps import last_relu
 from reprlab.data import dataset_info
 from reprlab.errors import ReprlabError
 from reprlab.io import plots
 from reprlab.io.tables import print_table
 from reprlab.methods import stir as compute
-from reprlab.models import Classifier, select_taps
+from reprlab.models import Classifier
 from reprlab.run.config import (
     check_choice,
     check_non_negative,
@@ -118,7 +121,7 @@ def settings(cfg: DictConfig) -> Settings:
             f"analysis.cka_batch_size={s.cka_batch_size} is invalid: the unbiased estimator "
             f"needs >= {MIN_EXAMPLES} inputs per batch"
         )
-    check_choice("analysis.precision", s.precision, compute.PRECISIONS)
+    check_choice("analysis.precision", s.precision, PRECISIONS)
     if not (s.fake_relu == "auto" or isinstance(s.fake_relu, bool)):
         raise ReprlabError(
             f"analysis.fake_relu={s.fake_relu!r} is invalid: use auto (the authors' rule), "
@@ -211,32 +214,13 @@ def entries(s: Settings) -> list[tuple[str, dict[str, Any] | None, str]]:
 
 def tap_of(model: Classifier, tap: str | None, where: str) -> str:
     """The tap of ``model`` to use: ``tap`` checked, or its representation tap for None."""
-    if tap is None or tap == "representation":
-        return model.representation_tap
-    try:
-        return select_taps(model, [tap])[0]
-    except ReprlabError as err:
-        raise ReprlabError(f"analysis.tap for {where}: {err}") from None
+    return tap_in(model, "analysis.tap", tap, where=where)
 
 
 def layer_taps(spec: Any, first: Classifier, second: Classifier) -> tuple[str, ...]:
     """The taps of the per-layer mode: ``spec`` selected in both models (they must agree)."""
-    if isinstance(spec, (list, tuple, ListConfig)):
-        spec = list(spec)
-        if not spec:
-            raise ReprlabError("analysis.layers=[] names no tap; use blocks, all or a list")
-        if not all(isinstance(tap, str) for tap in spec):
-            raise ReprlabError(
-                f"analysis.layers={spec!r} is invalid: list tap names, e.g. [conv1,fc1]"
-            )
-    elif spec not in ("blocks", "all"):
-        raise ReprlabError(
-            f"analysis.layers={spec!r} is invalid: use blocks, all or a list of taps"
-        )
-    try:
-        a, b = select_taps(first, spec), select_taps(second, spec)
-    except ReprlabError as err:
-        raise ReprlabError(f"analysis.layers: {err}") from None
+    a = taps_in(first, "analysis.layers", spec)
+    b = taps_in(second, "analysis.layers", spec, where="ref")
     if a != b:
         missing = sorted(set(a) ^ set(b))
         raise ReprlabError(
@@ -375,8 +359,8 @@ def measure(
 ) -> Measurement:
     """IRIs of every member (per repeat), then STIR of every pair, seed baselines and CKA."""
     k, repeats = len(members), s.repeats
-    options = {"batch_size": s.cka_batch_size, "precision": s.precision}
-    features = [compute.tap_features(m.model, m.tap, x, **options) for m in members]
+    represent = [Representation(m.model, m.tap, precision=s.precision) for m in members]
+    features = [r.encode_all(x, s.cka_batch_size) for r in represent]
     cka = np.array(
         [[_cka(s, features[i], features[j]) for j in range(k)] for i in range(k)], dtype=float
     )
@@ -394,8 +378,8 @@ def measure(
         starts = draw_seeds(x, s, seed)
         if r == 0:
             grid["seeds"] = starts[:g].cpu().numpy()
-        for j, m in enumerate(members):
-            seed_features = compute.tap_features(m.model, m.tap, starts, **options)
+        for j in range(k):
+            seed_features = represent[j].encode_all(starts, s.cka_batch_size)
             seed_stir[r, j] = _cka(s, features[j], seed_features)
         keys.append([])
         for i, reference in enumerate(members):
@@ -405,8 +389,8 @@ def measure(
             seed_distance[r, i] = payload["seed_distance"].cpu().numpy()
             if r == 0:
                 grid[f"X′ of {reference.label}"] = payload["x_prime"][:g].cpu().numpy()
-            for j, m in enumerate(members):
-                prime = compute.tap_features(m.model, m.tap, payload["x_prime"], **options)
+            for j in range(k):
+                prime = represent[j].encode_all(payload["x_prime"], s.cka_batch_size)
                 stir[r, i, j] = _cka(s, features[j], prime)
     return Measurement(
         labels=[m.label for m in members],
@@ -475,7 +459,7 @@ def rows(result: Measurement) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     for (quantity, reference, measured), group in frame.groupby(
         ["quantity", "reference", "measured"], sort=False
     ):
-        mean, std = compute.spread(group.value)
+        mean, std = (float(v) for v in mean_std(group.value))
         summary.append(
             {
                 "quantity": quantity,

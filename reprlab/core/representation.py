@@ -60,6 +60,15 @@ class Representation:
             h = self.model.features(x, [self.tap])[self.tap]
         return h.flatten(1).float()
 
+    def encode_all(self, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        """``R(x)`` [n, d] float32 for many images, ``batch_size`` at a time, in eval mode
+        (the model's mode is restored after), without a graph, on ``x``'s device."""
+        from reprlab.runtime import module_mode
+
+        with module_mode(self.model, mode="eval"):
+            parts = [self.encode(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        return torch.cat(parts)
+
     @property
     def dim(self) -> int:
         """d, the number of coordinates of the representation."""

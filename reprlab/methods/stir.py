@@ -22,16 +22,17 @@ Computation only: no configs, files or stores. The search runs on
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from reprlab.core.fit import requires_grad_off
-from reprlab.core.optimize import InputOptimizer
-from reprlab.core.taps import fake_relu as fake_relu_context
+from reprlab.core.representation import (
+    Representation,
+    match_representation,
+    relative_distance,
+)
 from reprlab.errors import ReprlabError
 from reprlab.methods.similarity import MinibatchCKA, cka
 from reprlab.models import Classifier
@@ -46,7 +47,6 @@ ESTIMATORS = ("exact", "minibatch")
 """``exact``: linear CKA (Kornblith et al.) on the Gram of all N inputs; ``minibatch``: the
 unbiased HSIC accumulated over batches (Nguyen et al. 2021), for N too large for one Gram."""
 
-PRECISIONS = ("fp32", "bf16")
 
 TRUE_GRADIENT_ARCHS = ("vgg", "inception")
 """Architecture families the authors' package searches with the true ReLU gradient; every other
@@ -59,10 +59,6 @@ def authors_fake_relu(arch: str) -> bool:
     Inception, whose implementations there have no fake ReLU."""
     name = arch.lower()
     return not any(family in name for family in TRUE_GRADIENT_ARCHS)
-
-
-# A zero target representation makes the relative distance 0/0; it is divided by this instead.
-_TINY = 1e-12
 
 
 def seed_images(x: torch.Tensor, kind: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -86,41 +82,6 @@ def seed_images(x: torch.Tensor, kind: str, generator: torch.Generator | None) -
     else:
         seeds = x.flip(0)
     return seeds.to(x.device, torch.float32).clamp(0.0, 1.0).contiguous()
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}'; use one of {PRECISIONS}")
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def tap_features(
-    model: Classifier,
-    tap: str,
-    x: torch.Tensor,
-    *,
-    batch_size: int = 500,
-    precision: str = "fp32",
-) -> torch.Tensor:
-    """``model``'s activations at ``tap`` for ``x`` [n, ...], flattened: [n, d] float32.
-
-    Eval mode (restored after), no gradients, batches of ``batch_size``, on ``x``'s device.
-    """
-    outputs = []
-    with module_mode(model, mode="eval"), torch.no_grad(), _autocast(x.device, precision):
-        for start in range(0, x.shape[0], batch_size):
-            h = model.features(x[start : start + batch_size], [tap])[tap]
-            outputs.append(h.flatten(1).float())
-    return torch.cat(outputs)
-
-
-def relative_distance(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``‖f − t‖₂ / ‖t‖₂`` per row of ``features`` and ``target`` [n, d]: [n] float32."""
-    features, target = features.float(), target.float()
-    norm = torch.linalg.vector_norm(target, dim=1).clamp_min(_TINY)
-    return torch.linalg.vector_norm(features - target, dim=1) / norm
 
 
 @dataclass(frozen=True)
@@ -168,31 +129,19 @@ def find_iris(
     """
     if x.shape != seeds.shape:
         raise ValueError(f"seeds have shape {tuple(seeds.shape)}, the inputs {tuple(x.shape)}")
-    optimizer = InputOptimizer(
-        steps=steps,
-        step_size=step_size,
-        step="l2",
-        maximize=False,
-        keep_best=True,
-    )
+    represent = Representation(model, tap, fake_relu=fake_relu, precision=precision)
     found, distances, starts = [], [], []
     starts_of = range(0, x.shape[0], batch_size)
     bar = tqdm(starts_of, desc=f"IRIs of {model.arch} at {tap}", disable=None if progress else True)
-    relu = fake_relu_context(model, tap) if fake_relu else nullcontext()
-    with module_mode(model, mode="eval"), requires_grad_off(list(model.parameters())), relu:
+    with module_mode(model, mode="eval"), requires_grad_off(list(model.parameters())):
         for start in bar:
             xb = x[start : start + batch_size]
             sb = seeds[start : start + batch_size].to(xb.device)
-            with torch.no_grad(), _autocast(xb.device, precision):
-                target = model.features(xb, [tap])[tap].flatten(1).float()
-                starts.append(relative_distance(model.features(sb, [tap])[tap].flatten(1), target))
-
-            def objective(candidate: torch.Tensor, target: torch.Tensor = target) -> torch.Tensor:
-                with _autocast(candidate.device, precision):
-                    h = model.features(candidate, [tap], detach=False)[tap]
-                return relative_distance(h.flatten(1), target)
-
-            result = optimizer(objective, xb, start=sb)
+            target = represent.encode(xb)
+            starts.append(relative_distance(represent.encode(sb), target))
+            result = match_representation(
+                represent, target, sb, steps=steps, step_size=step_size, centre=xb
+            )
             found.append(result.x)
             distances.append(result.value)
     return IRIs(
@@ -241,20 +190,12 @@ def stir(
 
     ``x_prime`` are the reference model's IRIs of ``x`` (:func:`find_iris`); ``features_x``
     (optional) are ``model``'s features of ``x`` at ``tap`` already computed
-    (:func:`tap_features`), to reuse across references. ``estimator`` and ``batch_size`` as in
-    :func:`linear_cka` (``batch_size`` also batches the forward passes).
+    (``Representation(model, tap).encode_all(x)``), to reuse across references.
+    ``estimator`` and ``batch_size`` as in :func:`linear_cka` (``batch_size`` also batches the
+    forward passes).
     """
+    represent = Representation(model, tap, precision=precision)
     if features_x is None:
-        features_x = tap_features(model, tap, x, batch_size=batch_size, precision=precision)
-    features_prime = tap_features(model, tap, x_prime, batch_size=batch_size, precision=precision)
+        features_x = represent.encode_all(x, batch_size)
+    features_prime = represent.encode_all(x_prime, batch_size)
     return linear_cka(features_x, features_prime, estimator=estimator, batch_size=batch_size)
-
-
-def spread(values: Iterable[float]) -> tuple[float, float]:
-    """(mean, standard deviation) of ``values``; the std is the sample one (ddof=1), 0 for one
-    value, as the paper's ± over seeds."""
-    data = torch.tensor(list(values), dtype=torch.float64)
-    if data.numel() == 0:
-        return float("nan"), float("nan")
-    std = float(data.std(unbiased=True)) if data.numel() > 1 else 0.0
-    return float(data.mean()), std
