@@ -41,8 +41,9 @@ def tap_list(key: str, value: Any, *, keywords: Sequence[str] = ("blocks", "all"
 
 
 def _choices(keywords: Sequence[str]) -> str:
-    words = " or ".join(keywords)
-    return f"use {words} or a list of tap names" if words else "give a tap name or a list of them"
+    if not keywords:
+        return "give a tap name or list tap names, e.g. [conv1,fc1]"
+    return f"use {', '.join(keywords)} or list tap names, e.g. [conv1,fc1]"
 
 
 def taps_in(
