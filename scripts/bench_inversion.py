@@ -1,4 +1,4 @@
-"""Benchmark: each inversion optimisation costs <= 1.1x (steps x one forward-backward) (issue 10).
+"""Benchmark: each inversion optimisation costs <= 1.1x (steps x one forward-backward).
 
 For every optimisation of :mod:`reprlab.methods.inversion` (inversion, the distance curve's ball-
 constrained matching, feature visualisation, feature manipulation, interpolation), times

@@ -1,6 +1,6 @@
 """Benchmark training every stitch point at once against training them one at a time.
 
-Issue 8's speed bar: training the stitches of all block taps of resnet18 × resnet18 (CIFAR
+The speed bar: training the stitches of all block taps of resnet18 × resnet18 (CIFAR
 shape, 3×32×32; random images are fine, the cost does not depend on them) for one epoch with
 :func:`reprlab.methods.stitching.train_stitches` (one front pass per batch for every point) must
 cost at

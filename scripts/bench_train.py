@@ -1,6 +1,6 @@
 """Cost of a PGD-K adversarial training epoch relative to K+1 standard epochs (same run).
 
-Bar (issue 2): a PGD-K adversarial epoch costs <= 1.15 x (K+1) standard epochs. Standard and
+Bar: a PGD-K adversarial epoch costs <= 1.15 x (K+1) standard epochs. Standard and
 adversarial epochs are timed alternately on the same model, data and batch size, and the median
 of the repeats is compared, so machine noise affects both alike.
 

@@ -1,6 +1,6 @@
 """GPU throughput of reprlab's training and CKA, against the bound and a `robustness`-style loop.
 
-One command for a lent GPU (issue 13 item 4; the defaults are the bars' sizes)::
+One command for a lent GPU (the defaults are the bars' sizes)::
 
     python scripts/bench_train_gpu.py --out bench_gpu.json
 

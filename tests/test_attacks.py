@@ -372,7 +372,7 @@ def test_attack_applies_its_mode_and_restores_the_callers(model, data, model_mod
     PGD(eps=0.05, step_size=0.01, steps=2, model_mode=model_mode)(subject, x[:200], y[:200])
     assert [module.training for module in subject.modules()] == modes_before
     # BatchNorm's running statistics (and batch counts) are restored whatever the mode, so a
-    # later radius of a sweep is evaluated on the same model (issue 12, item 6).
+    # later radius of a sweep is evaluated on the same model.
     assert all(torch.equal(a, b) for a, b in zip(subject.buffers(), buffers_before, strict=True))
 
 

@@ -1,4 +1,4 @@
-"""CI lints as well as tests (issue 7, item 12), and the tree it lints is clean."""
+"""CI lints as well as tests, and the tree it lints is clean."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Fuzzing the command line: random overrides of every group's fields with values of the wrong
-type, range or form (issue 7's bar).
+type, range or form.
 
 Every case must end with exit 0 or exit 2 and one line, never a traceback, and leave nothing
 behind when it exits 2. Most cases run in-process through the checks ``reprlab run`` makes

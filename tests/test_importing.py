@@ -144,7 +144,7 @@ def test_cache_import_end_to_end(workdir: Path) -> None:
     assert "Traceback" not in failed.stderr
 
 
-# --- no silent overwrite, the import's identity and its accuracy check (issue 7, item 2) -----
+# --- no silent overwrite, the import's identity and its accuracy check ---------------------
 
 IMPORT = ["model=cnn_small", "dataset=synthetic"]
 

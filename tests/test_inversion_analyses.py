@@ -1,4 +1,4 @@
-"""The inversion analyses (issue 10) through the command line: outputs, stored artifacts reused,
+"""The inversion analyses through the command line: outputs, stored artifacts reused,
 bad input refused; and, on MNIST (slow), the paper's claim that robust representations invert
 to images closer to their targets than standard ones.
 

@@ -1,4 +1,4 @@
-"""Sweeps through Hydra's launcher plugins (issue 13 item 1).
+"""Sweeps through Hydra's launcher plugins.
 
 A 4-job sweep through joblib and through submitit_local runs its jobs in parallel processes,
 trains the model they share once (the store's flock across processes), and gathers the same

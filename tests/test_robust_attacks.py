@@ -1,4 +1,4 @@
-"""Issue 12 attacks: PGD-CW and the clean first start on the shared optimiser; AutoAttack and APGD
+"""Attacks: PGD-CW and the clean first start on the shared optimiser; AutoAttack and APGD
 from the authors' code (pyautoattack) behind reprlab's attack protocol, checked against the
 package called directly and against torchattacks' re-implementation."""
 
@@ -104,7 +104,7 @@ def test_clean_first_with_one_run_is_the_no_start_attack(model, data, norm) -> N
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_clean_first_plus_a_random_restart_is_never_weaker_per_example(model, data, norm) -> None:
     """Per example: robust under (clean start, then a random restart) implies robust under the
-    no-start attack and under the single random-start attack (issue 12: the default evaluation PGD
+    no-start attack and under the single random-start attack (the default evaluation PGD
     is no weaker than the no-start attack)."""
     eps = 0.1 if norm == "linf" else 1.0
     settings = {"norm": norm, "eps": eps, "step_size": 2.5 * eps / 10, "steps": 10}

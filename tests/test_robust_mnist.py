@@ -1,4 +1,4 @@
-"""Issue 12 on real MNIST (slow): the recipes' adversarial training buys robustness, and AutoAttack
+"""Robust training on real MNIST (slow): the recipes' adversarial training buys robustness, and AutoAttack
 (the authors' code) is at least as strong as reprlab's PGD-20 on trained models.
 
 The models are the demo's ``cnn_small`` recipes (the same architecture, optimiser, adversary and

@@ -1,4 +1,4 @@
-"""Issue 12 training: TRADES and MART step functions against the authors' released losses, the
+"""Robust training: TRADES and MART step functions against the authors' released losses, the
 validation split (seeded, disjoint from the training images) and the best-robust checkpoint."""
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Every ended run is recorded; sweeps survive a bad job; `reprlab report` reads what is there
-(issue 7, items 7, 8 and 9)."""
+"""Every ended run is recorded; sweeps survive a bad job; `reprlab report` reads what is there."""
 
 from __future__ import annotations
 

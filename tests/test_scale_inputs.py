@@ -1,4 +1,4 @@
-"""Bad scale-out inputs (issue 13): one line, exit 2, nothing written.
+"""Bad scale-out inputs: one line, exit 2, nothing written.
 
 In-process like tests/test_user_errors.py: the checks run before Hydra starts, so the working
 directory (where ``outputs/`` would land) must stay empty.

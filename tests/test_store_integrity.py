@@ -1,4 +1,4 @@
-"""A store that can be trusted (issue 7): verified weights, locks that hold, keys that follow the
+"""A store that can be trusted: verified weights, locks that hold, keys that follow the
 code, read-only places, the store's location.
 
 The corruption test damages every kind of file of a store entry in every way and asks the next

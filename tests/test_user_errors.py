@@ -1,4 +1,4 @@
-"""Every bad input is one line, exit 2, nothing written (issue 7, items 5 and 10).
+"""Every bad input is one line, exit 2, nothing written.
 
 The CLI is called in-process (``reprlab.cli.app.main``): a bad input must be refused by the checks
 that run before Hydra starts, so no job, directory or store entry is ever created. The run
@@ -38,7 +38,7 @@ def run_in(cwd: Path, monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
     return code, [line for line in err.splitlines() if line.strip()]
 
 
-# Each observed crash, wrongly accepted value and wrong message of issue 7 item 5.
+# Each observed crash, wrongly accepted value and wrong message found by probing the CLI.
 BAD_INPUTS = [
     (["seed=abc"], ["seed:", "Integer"]),
     (["seed=-1"], ["seed=-1 is invalid", "0..4294967295"]),

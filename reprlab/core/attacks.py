@@ -151,7 +151,8 @@ class PGD:
         With ``random_start``: the first run starts from the clean input, the later restarts
         from random starts; the result is never weaker than the no-start attack. (In 784
         dimensions an L2 start uniform in the ball lies almost on its sphere, which weakens a
-        single-restart attack by several points: REFERENCE.md.)
+        single-restart attack by several points: 64.0% vs 62.3% vs 60.6% on the standard MNIST
+        CNN at L2 1.5 for in-ball, torchattacks' and no start.)
     loss:
         The default objective: ``"ce"`` (cross-entropy) or ``"cw"`` (the Carlini–Wagner margin
         ``max_{j≠y} z_j − z_y`` on the logits: PGD-CW). Ignored with a custom ``objective``.

@@ -4,7 +4,7 @@ Machines that reach only the package registries cannot fetch Fashion-MNIST from 
 Debian's ``dataset-fashion-mnist`` (version ``0.0~git20200523.55506a9-1``, MIT, no dependencies)
 ships the four gzipped idx files under ``usr/share/datasets/fashion-mnist/``. Debian recompressed
 them (the .gz md5s differ from the official ones), but decompressed they are the official data:
-their md5s are checked here (REFERENCE.md, "Offline Fashion-MNIST").
+their md5s are checked here.
 
 The route: ``apt-get download`` (no install, no root needed beyond apt's own lists; an
 ``apt-get update`` first when apt does not know the package), the .deb's sha256 checked, its
@@ -40,7 +40,7 @@ DEB_VERSION = "0.0~git20200523.55506a9-1"
 DEB_SHA256 = "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0"
 DEB_FOLDER = "usr/share/datasets/fashion-mnist"
 
-# md5 of the official, uncompressed idx files (REFERENCE.md, "Offline Fashion-MNIST").
+# md5 of the official, uncompressed idx files.
 OFFICIAL_IDX_MD5 = {
     "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
     "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",

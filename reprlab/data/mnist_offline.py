@@ -49,7 +49,7 @@ TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 RAW_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
-# md5 of the official, uncompressed idx files (REFERENCE.md, "Offline MNIST").
+# md5 of the official, uncompressed idx files.
 OFFICIAL_IDX_MD5 = {
     TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",
     TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",
