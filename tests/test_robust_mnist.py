@@ -1,5 +1,5 @@
-"""Robust training on real MNIST (slow): the recipes' adversarial training buys robustness, and AutoAttack
-(the authors' code) is at least as strong as reprlab's PGD-20 on trained models.
+"""Robust training on real MNIST (slow): the recipes' adversarial training buys robustness, and
+AutoAttack (the authors' code) is at least as strong as reprlab's PGD-20 on trained models.
 
 The models are the demo's ``cnn_small`` recipes (the same architecture, optimiser, adversary and
 β/λ), trained for one epoch on a seeded 12,000-image subset so the module runs in minutes on a
