@@ -99,9 +99,14 @@ def validate_run(cfg: DictConfig) -> None:
     """Check a composed run config: what every run shares, the analysis's own schema, then that
     the dataset is on disk. Raises ReprlabError (one line) on the first problem; writes nothing.
     """
-    from reprlab.run.config import check_data, validate
+    from reprlab.run.config import check_data, dataset_spec, recipe, validate
+    from reprlab.run.zoo import check_imported
 
     validate(cfg)
+    for where in ("model", "ref"):  # an imported zoo model is never trained: it must be stored
+        spec = recipe(cfg[where], where) if cfg.get(where) is not None else None
+        if spec is not None and spec.pretrained is not None:
+            check_imported(spec, dataset_spec(cfg.dataset), str(cfg.paths.store))
     analysis = get_analysis(cfg.analysis.name)
     analysis.settings(cfg)
     check_data(cfg)

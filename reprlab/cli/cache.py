@@ -231,7 +231,7 @@ def cache_import(args: argparse.Namespace) -> int:
     if zoo_source(args.checkpoint) is not None:
         from reprlab.cli.zoo import import_from_zoo
 
-        cfg, done = import_from_zoo(args)
+        cfg, done = import_from_zoo(args, store_root)
     else:
         cfg = compose_config(args.overrides)
         done = import_checkpoint(

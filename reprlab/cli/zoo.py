@@ -4,6 +4,7 @@ the store under its ``conf/model/rb_*`` recipe (see :mod:`reprlab.run.zoo`)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,13 @@ def split_zoo_overrides(overrides: list[str]) -> tuple[str, str, list[str]]:
     return dataset, threat, rest
 
 
-def import_from_zoo(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Import the zoo model ``args.checkpoint`` names; (the composed config, the Imported)."""
+def import_from_zoo(
+    args: argparse.Namespace, store_root: Callable[[argparse.Namespace, Any], str]
+) -> tuple[Any, Any]:
+    """Import the zoo model ``args.checkpoint`` names into the store ``store_root(args, cfg)``
+    gives; (the composed config, the Imported)."""
     from dataclasses import asdict
 
-    from reprlab.cli.cache import store_root
     from reprlab.data import dataset_info
     from reprlab.run.config import recipe
     from reprlab.run.importing import import_checkpoint

@@ -686,10 +686,6 @@ def validate(cfg: DictConfig) -> None:
             continue
         spec = recipe(cfg[where], where)
         check_recipe_for(spec, where, dataset)
-        if spec.pretrained is not None:  # imported, never trained: it must be in the store
-            from reprlab.run.zoo import check_imported
-
-            check_imported(spec, dataset, str(cfg.paths.store))
     attack = attack_spec(cfg.get("attack"))
     check_radius("attack.eps", attack.eps, attack.norm, info)
     if isinstance(attack, AutoAttackSpec):

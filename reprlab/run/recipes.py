@@ -29,8 +29,6 @@ def model_identity(spec: ModelRecipe, dataset: DatasetSpec) -> dict[str, Any]:
     """
     info = dataset_info(dataset.name)
     if spec.pretrained is not None:  # imported weights: the zoo's name is what identifies them
-        from reprlab.run.zoo import pretrained_identity
-
         return pretrained_identity(spec, dataset, info)
     return {
         "kind": "model",
@@ -46,6 +44,26 @@ def model_identity(spec: ModelRecipe, dataset: DatasetSpec) -> dict[str, Any]:
         "train": asdict(spec.train),
         "adversary": asdict(spec.adversary) if spec.adversary is not None else None,
         "validation": asdict(spec.validation) if spec.validation is not None else None,
+    }
+
+
+def pretrained_identity(spec: ModelRecipe, dataset: DatasetSpec, info: Any) -> dict[str, Any]:
+    """The store identity of an imported zoo model: the zoo's name, dataset and threat, the
+    normalisation and the reprlab architecture (with its version) it is loaded into."""
+    from reprlab.models import architecture_version
+
+    assert spec.pretrained is not None
+    return {
+        "kind": "model",
+        "arch": spec.arch,
+        "arch_version": architecture_version(
+            spec.arch,
+            num_classes=info.num_classes,
+            in_channels=info.channels,
+            image_size=info.image_size,
+        ),
+        "dataset": {"name": dataset.name, "train_limit": None},
+        "pretrained": asdict(spec.pretrained),
     }
 
 

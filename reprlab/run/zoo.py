@@ -26,7 +26,6 @@ are the reprlab architecture's own (``wrn28_10``/``wrn34_10``: TRADES/RobustBenc
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -128,26 +127,6 @@ def _in_package(name: str, dataset: str, threat: str) -> bool:
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
     return name in model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)]
-
-
-def pretrained_identity(spec: ModelRecipe, dataset: DatasetSpec, info: Any) -> dict[str, Any]:
-    """The store identity of an imported zoo model: the zoo's name, dataset and threat, the
-    normalisation and the reprlab architecture (with its version) it is loaded into."""
-    from reprlab.models import architecture_version
-
-    assert spec.pretrained is not None
-    return {
-        "kind": "model",
-        "arch": spec.arch,
-        "arch_version": architecture_version(
-            spec.arch,
-            num_classes=info.num_classes,
-            in_channels=info.channels,
-            image_size=info.image_size,
-        ),
-        "dataset": {"name": dataset.name, "train_limit": None},
-        "pretrained": asdict(spec.pretrained),
-    }
 
 
 def import_command(spec: ModelRecipe) -> str:
