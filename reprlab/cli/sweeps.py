@@ -15,8 +15,9 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 
 from reprlab.io import atomic
-from reprlab.io.report import gather_runs, print_table, write_report
+from reprlab.io.report import gather_runs, print_table
 from reprlab.io.runs import RunDirectory
+from reprlab.io.summary import write_report
 
 
 @dataclass(frozen=True)

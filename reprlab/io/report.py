@@ -12,7 +12,6 @@ from typing import Any
 import pandas as pd
 
 from reprlab.errors import ReprlabError
-from reprlab.io.runs import RunDirectory
 from reprlab.io.tables import tidy_value
 
 LEADING_COLUMNS = ("run", "analysis", "status", "model", "threat", "ref", "dataset", "overrides")
@@ -163,26 +162,6 @@ def accuracy_curves(root: str | Path) -> dict[str, tuple[list[float], list[float
         )
         for model, where, table in found
     }
-
-
-def write_report(root: str | Path, table: pd.DataFrame, name: str) -> list[Path]:
-    """Write ``<name>.csv`` into ``root``, ``accuracy_vs_eps.png`` when it holds evaluate runs,
-    and the HTML report (``report/index.html``); return the paths written."""
-    from reprlab.io import plots
-    from reprlab.io.html import write_site
-
-    directory = RunDirectory(root)
-    written = [directory.write_csv(name, table)]
-    curves = accuracy_curves(root)
-    if curves:
-        varied = swept(table)
-        what = f" by {', '.join(varied)}" if varied else ""
-        figure = plots.accuracy_vs_eps(
-            curves, title=f"accuracy under attack{what}", xlabel="ε (pixel units)"
-        )
-        written.append(directory.save_figure("accuracy_vs_eps", figure))
-    written.append(write_site(root, table))
-    return written
 
 
 def split_overrides(frame: pd.DataFrame) -> pd.DataFrame:
