@@ -96,9 +96,10 @@ def measure_pass(
 ) -> PassCost:
     """The :class:`PassCost` of ``spec``'s architecture on ``device`` for images of ``info``'s
     shape (random images, train mode, cross-entropy; cached per architecture, dataset, device
-    and batch). On a GPU the recipe's batch is timed (after a warm-up pass); on a CPU (no warm-up:
-    each new batch shape is a cold start there anyway) passes of 1, 4, 8, ... images, doubling while a pass takes under :data:`PROBE_SECONDS`, up to the
-    recipe's batch, and the last two give the fit."""
+    and batch). On a GPU the recipe's batch is timed (after a warm-up pass); on a CPU (no
+    warm-up: each new batch shape starts cold there anyway) passes of 1, 4, 8, ... images,
+    doubling while a pass takes under :data:`PROBE_SECONDS`, up to the recipe's batch; the last
+    two give the fit."""
     key = (spec.arch, info.name, str(device), batch_size)
     if key in _MEASURED:
         return _MEASURED[key]
