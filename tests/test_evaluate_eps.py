@@ -29,13 +29,17 @@ def test_radii_are_the_ones_asked_plus_clean() -> None:
     assert asked_radii(cfg, None) == [0.3] and asked_radii(cfg, [0.05, 0.2]) == [0.05, 0.2]
 
 
-def test_the_headline_is_the_training_eps_when_asked_else_the_largest_asked() -> None:
+def test_the_headline_is_the_training_eps_else_attack_eps_else_the_largest_asked() -> None:
     robust = recipe_named("cnn_small_at")  # linf, trained at 0.2
-    assert headline_radius([0.05, 0.2, 0.3], "linf", robust) == (0.2, "the model's training eps")
-    assert headline_radius([0.05, 0.1], "linf", robust) == (0.1, "the largest eps asked")
-    assert headline_radius([0.2], "l2", robust) == (0.2, "the eps asked")  # another norm
-    standard = recipe_named("cnn_small")
-    assert headline_radius([0.2, 0.1], "linf", standard) == (0.2, "the largest eps asked")
+    assert headline_radius([0.05, 0.2, 0.3], "linf", robust, 0.3) == (
+        0.2,
+        "the model's training eps",
+    )
+    assert headline_radius([0.05, 0.1], "linf", robust, 0.3) == (0.1, "the largest eps asked")
+    assert headline_radius([0.2, 0.5], "l2", robust, 0.5) == (0.5, "attack.eps")  # other norm
+    standard = recipe_named("cnn_small")  # a sweep's standard model: at the same attack.eps
+    assert headline_radius([0.05, 0.2, 0.3], "linf", standard, 0.2) == (0.2, "attack.eps")
+    assert headline_radius([0.2, 0.1], "linf", standard, 0.3) == (0.2, "the largest eps asked")
 
 
 def test_evaluate_headlines_the_training_eps_among_the_radii_asked(tmp_path: Path) -> None:
