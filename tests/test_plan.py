@@ -101,6 +101,7 @@ def files_under(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*")) if path.exists() else []
 
 
+@pytest.mark.slow
 def test_plan_over_a_four_job_sweep_lists_trained_and_reused_models(tmp_path: Path) -> None:
     store = tmp_path / "store"
     env = {"REPRLAB_STORE": str(store)}

@@ -4,8 +4,9 @@ the per-example worst case over the attacks, and sanity flags a reviewer checks 
 
 The radii are the ones asked (``analysis.eps``; null: fractions of ``attack.eps``). The summary's
 ``robust_acc`` is at a radius asked (``eps``; ``eps_rule`` says which): the model's training ε
-when it is among them (same norm), else the largest asked (``attack.eps`` when ``analysis.eps``
-is null); a robust model's training ε and norm stand beside it (``train_eps``, ``train_norm``).
+when it is among them (same norm), else ``attack.eps`` when it is among them (every model of a
+sweep at one radius), else the largest asked (``analysis.eps`` null: ``attack.eps``); a robust
+model's training ε and norm stand beside it (``train_eps``, ``train_norm``).
 
 Flags (named in the summary's ``flags``; ``sanity`` is ``ok`` without any):
 
@@ -89,16 +90,23 @@ def radii(cfg: DictConfig, eps: Any) -> list[float]:
     return sorted({0.0, *asked_radii(cfg, eps)})
 
 
-def headline_radius(asked: list[float], norm: str, spec: ModelRecipe) -> tuple[float, str]:
-    """(radius, rule) of the summary's ``robust_acc``: the model's training ε when the model is
-    adversarially trained in ``norm`` and that ε is among the radii ``asked``; else the largest
-    radius asked. ``rule`` names which one applied."""
+def headline_radius(
+    asked: list[float], norm: str, spec: ModelRecipe, attack_eps: float | None = None
+) -> tuple[float, str]:
+    """(radius, rule) of the summary's ``robust_acc``, always one of the radii ``asked``: the
+    model's training ε when the model is adversarially trained in ``norm`` and that ε was asked;
+    else ``attack_eps`` (the run's ``attack.eps``) when it was asked, so every model of a sweep
+    is headlined at the same radius; else the largest radius asked. ``rule`` names which."""
+
+    def among(eps: float) -> float | None:
+        return next((a for a in asked if math.isclose(a, eps, rel_tol=1e-6, abs_tol=1e-9)), None)
+
     a = spec.adversary
-    if a is not None and a.norm == norm:
-        for eps in asked:
-            if math.isclose(eps, a.eps, rel_tol=1e-6, abs_tol=1e-9):
-                return eps, "the model's training eps"
-    return max(asked), "the largest eps asked" if len(asked) > 1 else "the eps asked"
+    if a is not None and a.norm == norm and among(a.eps) is not None:
+        return among(a.eps), "the model's training eps"  # type: ignore[return-value]
+    if attack_eps is not None and among(attack_eps) is not None:
+        return among(attack_eps), "attack.eps"  # type: ignore[return-value]
+    return max(asked), "the largest eps asked"
 
 
 def attack_specs(cfg: DictConfig, names: list[str] | None) -> list[AttackSpec | AutoAttackSpec]:
@@ -194,7 +202,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             num_classes=ctx.info.num_classes,
         )
 
-    headline, rule = headline_radius(asked_radii(cfg, s.eps), own.norm, loaded.recipe)
+    asked = asked_radii(cfg, s.eps)
+    headline, rule = headline_radius(asked, own.norm, loaded.recipe, own.eps)
     at_headline = [build(spec, headline) for spec in specs]
     labels = _labels(at_headline)
     ctx.run.update(
@@ -272,7 +281,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     trained_at = f"; trained at {trained.norm} ε={trained.eps:.4g}" if trained is not None else ""
     print(
         f"robust accuracy {float(at_eps.accuracy):.4f} at {own.norm} ε={headline:.4g} "
-        f"({rule.replace('eps', 'ε')}{trained_at})"
+        f"({rule.replace(' eps', ' ε')}{trained_at})"
     )
     summary: dict[str, Any] = {
         "clean_acc": float(table.accuracy.iloc[0]),

@@ -96,9 +96,10 @@ def measure_pass(
 ) -> PassCost:
     """The :class:`PassCost` of ``spec``'s architecture on ``device`` for images of ``info``'s
     shape (random images, train mode, cross-entropy; cached per architecture, dataset, device
-    and batch). On a GPU the recipe's batch is timed (after a warm-up pass); on a CPU passes of
-    1, 4, 8, ... images, doubling while a pass takes under :data:`PROBE_SECONDS`, up to the
-    recipe's batch, and the last two give the fit."""
+    and batch). On a GPU the recipe's batch is timed (after a warm-up pass); on a CPU (no
+    warm-up: each new batch shape starts cold there anyway) passes of 1, 4, 8, ... images,
+    doubling while a pass takes under :data:`PROBE_SECONDS`, up to the recipe's batch; the last
+    two give the fit."""
     key = (spec.arch, info.name, str(device), batch_size)
     if key in _MEASURED:
         return _MEASURED[key]
@@ -123,7 +124,6 @@ def measure_pass(
         seconds = min(timed(batch_size) for _ in range(3))
         cost = PassCost(0.0, seconds / batch_size)
     else:
-        timed(1)  # warm-up
         points = [(n, timed(n)) for n in sorted({1, min(4, batch_size)})]
         while points[-1][0] < batch_size and points[-1][1] < PROBE_SECONDS:
             n = min(2 * points[-1][0], batch_size)

@@ -25,11 +25,11 @@ import torch
 from reprlab.core import distributed
 from reprlab.core.attacks import PGD, robust_accuracy
 from reprlab.core.training_methods import train_classifier
-from reprlab.data import DatasetInfo, TensorLoader, load_tensors, make_loader
+from reprlab.data import DatasetInfo, TensorLoader, dataset_info, load_tensors, make_loader
 from reprlab.errors import ReprlabError
 from reprlab.io.store import TrainingFiles
 from reprlab.run.config import DatasetSpec, ModelRecipe, ValidationSpec
-from reprlab.run.plan import estimate
+from reprlab.run.plan import estimate, measure_pass
 from reprlab.run.recipes import build_for, monitor_attack, train_settings
 from reprlab.runtime import SpeedSwitches, seeded_generator
 
@@ -223,9 +223,8 @@ def train_recipe(
             "lower the batch size or raise dataset.train_limit"
         )
     if not distributed.active():
-        announce(
-            spec, dataset, device, monitor, trainer, images=len(loader) * spec.train.batch_size
-        )
+        images = len(loader) * spec.train.batch_size
+        announce(spec, dataset, device, monitor, trainer, images=images)
     clean_name, robust_name = monitor.names
 
     def evaluate(net: torch.nn.Module, epoch: int) -> dict[str, float]:
@@ -307,9 +306,12 @@ def announce(
         monitor_steps=monitor.attack.steps,
         devices=trainer.devices,
         images=images,
+        measure=False,
     )
     log.info("model %s: training %s", spec.name, cost.what())
-    log.info("model %s: %s", spec.name, cost.cost())
+    info = dataset_info(dataset.name)
+    measured = measure_pass(spec, info, device, spec.train.batch_size)
+    log.info("model %s: %s", spec.name, replace(cost, pass_cost=measured).cost())
 
 
 def _summary(
