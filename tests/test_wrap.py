@@ -80,6 +80,7 @@ def hooked(module: nn.Module, x: torch.Tensor, paths: list[str]) -> dict[str, to
 
 
 def test_logits_equal_the_modules_own(wrapped, resnet, images):
+    assert not wrapped.training  # the module's mode
     with torch.no_grad():
         assert torch.equal(wrapped(images), resnet(images))
 
