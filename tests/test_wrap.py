@@ -80,6 +80,7 @@ def hooked(module: nn.Module, x: torch.Tensor, paths: list[str]) -> dict[str, to
 
 
 def test_logits_equal_the_modules_own(wrapped, resnet, images):
+    assert not wrapped.training  # the module's mode
     with torch.no_grad():
         assert torch.equal(wrapped(images), resnet(images))
 
@@ -350,3 +351,31 @@ def test_modules_wrap_cannot_use_are_refused_in_one_line():
         wrap(TinyNet(), normalize=((0.5, 0.5, 0.5), (0.2, 0.2, 0.2)))
     with pytest.raises(ReprlabError, match="does not run on input_shape"):
         wrap(TinyNet(), input_shape=(1, 32, 32))
+
+
+class OwnNormalisation(nn.Module):
+    """As many RobustBench models: buffers used directly in forward (get_attr in the graph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1))
+        self.register_buffer("sigma", torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv((x - self.mu) / self.sigma).relu()
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def test_moving_the_wrapped_model_moves_what_every_stage_reads():
+    torch.manual_seed(9)
+    net = OwnNormalisation().eval()
+    model = wrap(net, input_shape=(3, 8, 8))
+    assert model.block_taps[:2] == ("sub", "truediv")  # torchvision's names of the operations
+    model.double()  # replaces the buffers: a stage holding the old ones would fail or differ
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert model(x).dtype == torch.float64
+        assert torch.equal(model(x), net(x))  # net is shared: it is float64 too
+        assert torch.equal(model.back(model.front(x, "conv"), "conv"), net(x))

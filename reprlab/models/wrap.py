@@ -23,8 +23,9 @@ feature-extraction tracer (the tracer behind ``get_graph_node_names`` and
   torchvision ResNet), unless ``representation=`` names another tap.
 
 A tap that is an operation rather than a module output (``flatten``, ``layer1.0.add``) is given
-an ``nn.Identity`` in the graph so that forward hooks see it as every other tap (no parameters or
-buffers: the state_dict is unchanged).
+an ``nn.Identity`` in the graph so that forward hooks see it as every other tap, and every stage
+opens with one (what counts a module's calls within a stage, such as ``fake_relu``, resets on
+it). They hold no parameters or buffers: the state_dict is unchanged.
 
 Where tracing fails (data-dependent control flow) or gives different graphs in train and eval
 mode, forward hooks take over: the layer taps are hooked module outputs, the one cut is at the
@@ -168,8 +169,8 @@ def wrap(
     name:
         Shown in messages and plots; default the module's class name.
 
-    Raises :class:`~reprlab.errors.ReprlabError` (one line) when the module cannot be wrapped
-    as asked, before anything is written.
+    The wrapped model starts in the module's train/eval mode. Raises
+    :class:`~reprlab.errors.ReprlabError` (one line) when the module cannot be wrapped as asked.
     """
     if not isinstance(module, nn.Module):
         raise ReprlabError(f"wrap takes a torch.nn.Module, got {type(module).__name__}")
@@ -188,8 +189,11 @@ def wrap(
     try:
         graph_module, tracer = _trace(module)
     except _Untraceable as reason:
-        return _hooked(module, name, normaliser, shape, taps, representation, str(reason))
-    return _traced(graph_module, tracer, name, normaliser, shape, taps, representation)
+        model = _hooked(module, name, normaliser, shape, taps, representation, str(reason))
+    else:
+        model = _traced(graph_module, tracer, name, normaliser, shape, taps, representation)
+    model.training = model.net.training = model.normalize.training = module.training
+    return model
 
 
 # --- arguments ---------------------------------------------------------------------------------
