@@ -45,7 +45,8 @@ def main() -> None:
     x, y = reprlab.images(args.dataset, examples=args.examples)
     ours = reprlab.load_model(args.recipe, args.dataset, train=args.train, overrides=args.overrides)
     classes = int(y.max()) + 1
-    theirs = reprlab.wrap(torchvision_resnet18(x.shape[1], classes, args.weights))
+    net = torchvision_resnet18(x.shape[1], classes, args.weights)
+    theirs = reprlab.wrap(net, input_shape=tuple(x.shape[1:]), name="torchvision resnet18")
     stages = [t for t in theirs.block_taps if t.startswith("layer")] or "blocks"
     matrix = reprlab.cka(ours, theirs, x, taps="blocks", taps_b=stages, batch_size=250)
     print(f"CKA, {args.recipe} (rows) vs torchvision resnet18 (columns), N={len(x)}:")
