@@ -173,7 +173,11 @@ def test_a_cancelled_job_is_recorded_and_a_rerun_resumes_its_training(tmp_path: 
 
     again = reprlab(*SLURM, *longer, "hydra.sweep.dir=again", cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    logs = "".join(p.read_text() for p in (tmp_path / "again").glob(".submitit/*/*_log.out"))
+    found = [
+        *(tmp_path / "again").glob(".submitit/*/*_log.out"),
+        *(tmp_path / "again").glob("*/*.log"),
+    ]
+    logs = "".join(p.read_text() for p in found)
     assert "resuming after epoch" in logs, logs[-3000:]
 
 
