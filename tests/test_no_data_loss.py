@@ -243,3 +243,31 @@ def test_mnist_labels_out_of_range_are_one_line(tmp_path) -> None:
     write_idx_labels(raw / "t10k-labels-idx1-ubyte", labels)
     with pytest.raises(ReprlabError, match=r"corrupt: its test labels span 0..10, not 0..9"):
         load_tensors("mnist", tmp_path, "test")
+
+
+def test_a_sweep_killed_part_way_leaves_the_summary_of_what_finished(tmp_path) -> None:
+    """summary.csv is rewritten as each job ends, so even ``kill -9`` of the sweep's process
+    leaves the table of the jobs that finished."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import reprlab_env
+
+    tiny = [*BASE, "dataset.train_limit=256", "model.train.epochs=1", "model.snapshot_epochs=[1]",
+            "monitor.examples=50", "monitor.attack_steps=1"]  # fmt: skip
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "reprlab", "run", "-m", *tiny, "seed=0,1", "hydra.sweep.dir=s"],
+        cwd=tmp_path,
+        env=reprlab_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "s" / "1" / "run.json").exists() and time.monotonic() < deadline:
+        assert sweep.poll() is None, "the sweep ended before its second job started"
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait(timeout=60)
+    table = (tmp_path / "s" / "summary.csv").read_text().splitlines()
+    assert len(table) == 2 and table[1].startswith("0,train,completed"), table

@@ -258,7 +258,8 @@ def _guard_results(job: Any, num: Any, overrides: list[str], job_dir: Path | Non
             from hydra.core.utils import JobReturn, JobStatus
 
             state, reason = _final_state(job)
-            error = f"SLURM job {job.job_id} ended {state} ({reason}) without a result"
+            why = f" ({reason})" if reason.lower() not in ("none", "") else ""
+            error = f"SLURM job {job.job_id} ended {state}{why} without a result"
             if "has not produced any output" not in str(err) and "UncompletedJobError" not in (
                 type(err).__name__
             ):
