@@ -170,7 +170,7 @@ def load_model(
     (``$REPRLAB_STORE``, else ``outputs/store``); ``overrides`` are further command-line
     overrides (``"model.seed=1"``). The entry is verified before use, exactly as a run does.
     A recipe not in the store raises a one-line :class:`ReprlabError` unless ``train=True``,
-    which trains it (recorded in a run directory under ``paths.runs``) and stores it.
+    which trains it (recorded in a run directory under ``<paths.outputs>/runs/api``) and stores it.
     """
     from reprlab.io.store import ArtifactStore, store_key
     from reprlab.run.config import dataset_spec, recipe_dataset
@@ -220,7 +220,7 @@ class _Detached:
 class _context:
     """A :class:`~reprlab.run.context.RunContext` for API calls: detached from any run
     directory, or (``record=True``, when a model may train) a run directory under
-    ``paths.runs/api``."""
+    ``<paths.outputs>/runs/api``."""
 
     def __init__(self, cfg: Any, device: str, *, record: bool) -> None:
         from omegaconf import open_dict
@@ -236,7 +236,7 @@ class _context:
 
         if not self.record:
             return RunContext(self.cfg, _Detached())  # type: ignore[arg-type]
-        self.run = RunDirectory(Path(self.cfg.paths.runs) / "api" / RUN_ID)
+        self.run = RunDirectory(Path(self.cfg.paths.outputs) / "runs" / "api" / RUN_ID)
         ctx = RunContext(self.cfg, self.run)
         self.run.start(analysis="train", overrides=[], seed=ctx.seed, device=str(ctx.device))
         return ctx
