@@ -253,7 +253,7 @@ def test_experiment_runs_end_to_end(experiment, tmp_path: Path, monkeypatch) -> 
 # The dataset each recipe is meant for (its prefix), and whether a tiny training is seconds (fast)
 # or minutes (slow) on 2 CPU cores. RobustBench recipes (rb_*) are imported, never trained: their
 # import is tested in test_zoo_import.py.
-RECIPE_DATA = {"cnn": "mnist", "imagenet": "restricted_imagenet"}
+RECIPE_DATA = {"cnn": "mnist", "imagenet": "imagenet"}
 FAST_RECIPES = {"cnn_small", "cnn_small_at", "cnn_small_trades"}
 
 

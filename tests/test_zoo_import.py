@@ -220,7 +220,7 @@ def test_every_zoo_recipe_names_its_zoo_entry_and_an_architecture_with_its_keys(
             mean=spec.pretrained.mean, std=spec.pretrained.std,
         )  # fmt: skip
         their_keys = {
-            k: tuple(v.shape)
+            zoo.zoo_key(spec.arch, k): tuple(v.shape)
             for k, v in theirs.state_dict().items()
             if k not in ("mu", "sigma") and not k.startswith("sub_block1.")
         }
