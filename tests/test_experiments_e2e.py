@@ -6,9 +6,9 @@ files.
 
 Data: CIFAR-10/100 and (Restricted) ImageNet are written by :mod:`fake_data` in torchvision's
 on-disk layout, so the real loaders read them; MNIST and Fashion-MNIST are the real files under
-``$REPRLAB_DATA`` (tests needing them are skipped where they are absent). The CIFAR-/ImageNet-scale
-runs take minutes on 2 CPU cores and are marked ``slow``; the default suite runs the MNIST ones
-that take seconds.
+``$REPRLAB_DATA`` (tests needing them are skipped where they are absent). All but the cheapest
+(``demo``, ``demo_cka``, recipe ``cnn_small``: seconds) are marked ``slow``: the CIFAR- and
+ImageNet-scale ones take minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -98,33 +98,33 @@ EXPERIMENTS: dict[str, tuple[str, list[str], list[str], bool]] = {
         "mnist",
         inversion("[1.0,2.0]", "[1.0]"),
         INVERSION_FILES,
-        False,
+        True,
     ),
     "repr_distance_fashion": (
         "fashion_mnist",
         inversion("[1.0,2.0]", "[2.0]"),
         ["repr_distance.csv"],
-        False,
+        True,
     ),
     "stir_demo": (
         "mnist",
         [*STIR, tiny_stir_models("cnn_small", "cnn_small:1:cnn_small_s1", "cnn_small_at")],
         ["stir.json", "stir_matrix.csv"],
-        False,
+        True,
     ),
     "stitching_demo": (
         "mnist+fashion_mnist",
         STITCHING,
         ["stitching.csv", "stitching.json"],
-        False,
+        True,
     ),
     "vulnerability_demo": (
         "mnist",
         VULNERABILITY,
         ["vulnerability.csv", "vulnerability.json"],
-        False,
+        True,
     ),
-    "vulnerability_mnist": ("mnist", VULNERABILITY, ["vulnerability.csv"], False),
+    "vulnerability_mnist": ("mnist", VULNERABILITY, ["vulnerability.csv"], True),
     # The paper-scale studies: CIFAR-10 ResNet-18/50s, Restricted ImageNet ResNet-50s.
     "stitching_cifar10": ("cifar10", STITCHING, ["stitching.csv", "stitching.json"], True),
     "stir_cifar_table1": (
@@ -254,7 +254,7 @@ def test_experiment_runs_end_to_end(experiment, tmp_path: Path, monkeypatch) -> 
 # or minutes (slow) on 2 CPU cores. RobustBench recipes (rb_*) are imported, never trained: their
 # import is tested in test_zoo_import.py.
 RECIPE_DATA = {"cnn": "mnist", "imagenet": "imagenet"}
-FAST_RECIPES = {"cnn_small", "cnn_small_at", "cnn_small_trades"}
+FAST_RECIPES = {"cnn_small"}
 
 
 def recipe_params() -> list:

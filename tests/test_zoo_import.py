@@ -199,6 +199,17 @@ def test_a_zoo_recipe_is_never_trained(tmp_path: Path, monkeypatch, capsys) -> N
     assert len(lines) == 1 and not (tmp_path / "out").exists()  # refused before any file
 
 
+def test_every_zoo_recipe_is_found_by_its_zoo_name() -> None:
+    recipes = zoo.zoo_recipes()
+    assert len(recipes) >= 10
+    for (dataset, threat, name), option in recipes.items():
+        assert zoo.find_recipe(name, dataset, threat) == option
+        spec = recipe_named(option)
+        assert spec.pretrained is not None and spec.pretrained.name == name
+        assert spec.dataset == dataset == spec.pretrained.dataset
+
+
+@pytest.mark.slow
 def test_every_zoo_recipe_names_its_zoo_entry_and_an_architecture_with_its_keys() -> None:
     """Each conf/model/rb_*.yaml: found by its zoo name, and RobustBench's architecture for that
     entry has exactly the state_dict keys and shapes of the recipe's reprlab architecture (the
