@@ -7,7 +7,7 @@ files.
 Data: CIFAR-10/100 and (Restricted) ImageNet are written by :mod:`fake_data` in torchvision's
 on-disk layout, so the real loaders read them; MNIST and Fashion-MNIST are the real files under
 ``$REPRLAB_DATA`` (tests needing them are skipped where they are absent). All but the cheapest
-(``demo``, ``demo_cka``, recipe ``cnn_small``: seconds) are marked ``slow``: the CIFAR- and
+(``demo`` and recipe ``cnn_small``: seconds) are marked ``slow``: the CIFAR- and
 ImageNet-scale ones take minutes on 2 CPU cores.
 """
 
@@ -93,7 +93,7 @@ def tiny_stir_models(*entries: str) -> str:
 # experiment -> (data it needs, extra overrides, files its run directory must hold, slow?)
 EXPERIMENTS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "demo": ("mnist", [*EVALUATE, "analysis.eps=[0.1]"], ["accuracy.csv"], False),
-    "demo_cka": ("mnist", CKA, ["cka.json"], False),
+    "demo_cka": ("mnist", CKA, ["cka.json"], True),
     "inversion_demo": (
         "mnist",
         inversion("[1.0,2.0]", "[1.0]"),

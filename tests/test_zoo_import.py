@@ -136,6 +136,7 @@ def check_import_and_cka(
     assert run["models"]["model"]["trained_now"] is False
 
 
+@pytest.mark.slow  # about a minute on 2 idle cores (robustbench's import, two imports, a CKA run)
 def test_preact_resnet18_from_the_zoo_equals_robustbenchs_model(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -162,7 +163,12 @@ def test_wrn28_10_from_the_zoo_equals_robustbenchs_model(
         ("robustbench:Carmon2019Unlabeled", ["threat=L7"], ["no threat model 'L7'", "Linf"]),
         ("robustbench:Carmon2019Unlabeled", ["dataset=mnist"], ["no dataset 'mnist'", "cifar10"]),
         ("robustbench:Carmon2019Unlabeled", ["threat=L2"], ["for cifar10/L2", "cifar10/Linf"]),
-        ("robustbench:Wong2020Fast", [], ["RobustBench lists it", "no reprlab recipe"]),
+        pytest.param(  # imports the robustbench package: seconds
+            "robustbench:Wong2020Fast",
+            [],
+            ["RobustBench lists it", "no reprlab recipe"],
+            marks=pytest.mark.slow,
+        ),
         ("robustbench:Carmon2019Unlabeled", ["model=resnet18"], ["drop model="]),
         ("robustbench:", [], ["needs a model name"]),
         ("robustbench:Carmon2019Unlabeled", [], ["Carmon2019Unlabeled.pt not found"]),
