@@ -1,13 +1,14 @@
 """Every experiment in conf/experiment and every model recipe in conf/model, run end to end through
 ``reprlab run`` (in-process, the same ``main`` as the console script) on data of its own shape at a
 tiny budget: one epoch on a few dozen images, one or two attack/optimiser steps, a handful of
-examples. Each run must finish (exit 0, run.json ``status: completed``) and write its analysis's files.
+examples. Each run must finish (exit 0, run.json ``status: completed``) and write its analysis's
+files.
 
 Data: CIFAR-10/100 and (Restricted) ImageNet are written by :mod:`fake_data` in torchvision's
 on-disk layout, so the real loaders read them; MNIST and Fashion-MNIST are the real files under
-``$REPRLAB_DATA`` (tests needing them are skipped where they are absent). The CIFAR-/ImageNet-scale
-runs take minutes on 2 CPU cores and are marked ``slow``; the default suite runs the MNIST ones
-that take seconds.
+``$REPRLAB_DATA`` (tests needing them are skipped where they are absent). All but the cheapest
+(``demo`` and recipe ``cnn_small``: seconds) are marked ``slow``: the CIFAR- and
+ImageNet-scale ones take minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ INVERSION = [
     "analysis.interpolation.pairs=2", "analysis.interpolation.points=3",
     "analysis.interpolation.steps=2",
 ]  # fmt: skip
+INVERSION_FILES = [
+    "inversion.csv", "repr_distance.csv", "feature_vis.csv", "feature_manip.csv",
+    "interpolation.csv", "inversion_summary.json",
+]  # fmt: skip
+
+
+def inversion(eps: str, show_eps: str) -> list[str]:
+    """The tiny inversion study with the distance curve at radii ``eps`` (shown: ``show_eps``)."""
+    return [
+        *INVERSION,
+        f"analysis.repr_distance.eps={eps}",
+        f"analysis.repr_distance.show_eps={show_eps}",
+    ]
+
+
 STITCHING = [
     "analysis.epochs=1", "analysis.batch_size=16", "analysis.train_examples=32",
     "analysis.ls_examples=32", "analysis.examples=16", "analysis.eval_batch_size=16",
@@ -77,53 +93,38 @@ def tiny_stir_models(*entries: str) -> str:
 # experiment -> (data it needs, extra overrides, files its run directory must hold, slow?)
 EXPERIMENTS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "demo": ("mnist", [*EVALUATE, "analysis.eps=[0.1]"], ["accuracy.csv"], False),
-    "demo_cka": ("mnist", CKA, ["cka.json"], False),
+    "demo_cka": ("mnist", CKA, ["cka.json"], True),
     "inversion_demo": (
         "mnist",
-        [
-            *INVERSION,
-            "analysis.repr_distance.eps=[1.0,2.0]",
-            "analysis.repr_distance.show_eps=[1.0]",
-        ],
-        [
-            "inversion.csv",
-            "repr_distance.csv",
-            "feature_vis.csv",
-            "feature_manip.csv",
-            "interpolation.csv",
-            "inversion_summary.json",
-        ],
-        False,
+        inversion("[1.0,2.0]", "[1.0]"),
+        INVERSION_FILES,
+        True,
     ),
     "repr_distance_fashion": (
         "fashion_mnist",
-        [
-            *INVERSION,
-            "analysis.repr_distance.eps=[1.0,2.0]",
-            "analysis.repr_distance.show_eps=[2.0]",
-        ],
+        inversion("[1.0,2.0]", "[2.0]"),
         ["repr_distance.csv"],
-        False,
+        True,
     ),
     "stir_demo": (
         "mnist",
         [*STIR, tiny_stir_models("cnn_small", "cnn_small:1:cnn_small_s1", "cnn_small_at")],
         ["stir.json", "stir_matrix.csv"],
-        False,
+        True,
     ),
     "stitching_demo": (
         "mnist+fashion_mnist",
         STITCHING,
         ["stitching.csv", "stitching.json"],
-        False,
+        True,
     ),
     "vulnerability_demo": (
         "mnist",
         VULNERABILITY,
         ["vulnerability.csv", "vulnerability.json"],
-        False,
+        True,
     ),
-    "vulnerability_mnist": ("mnist", VULNERABILITY, ["vulnerability.csv"], False),
+    "vulnerability_mnist": ("mnist", VULNERABILITY, ["vulnerability.csv"], True),
     # The paper-scale studies: CIFAR-10 ResNet-18/50s, Restricted ImageNet ResNet-50s.
     "stitching_cifar10": ("cifar10", STITCHING, ["stitching.csv", "stitching.json"], True),
     "stir_cifar_table1": (
@@ -142,36 +143,14 @@ EXPERIMENTS: dict[str, tuple[str, list[str], list[str], bool]] = {
     ),
     "inversion_cifar10": (
         "cifar10+cifar100",
-        [
-            *INVERSION,
-            "analysis.repr_distance.eps=[0.5,2.0]",
-            "analysis.repr_distance.show_eps=[0.5]",
-        ],
-        [
-            "inversion.csv",
-            "repr_distance.csv",
-            "feature_vis.csv",
-            "feature_manip.csv",
-            "interpolation.csv",
-            "inversion_summary.json",
-        ],
+        inversion("[0.5,2.0]", "[0.5]"),
+        INVERSION_FILES,
         True,
     ),
     "inversion_restricted_imagenet": (
         "restricted_imagenet",
-        [
-            *INVERSION,
-            "analysis.repr_distance.eps=[4.0,16.0]",
-            "analysis.repr_distance.show_eps=[4.0]",
-        ],
-        [
-            "inversion.csv",
-            "repr_distance.csv",
-            "feature_vis.csv",
-            "feature_manip.csv",
-            "interpolation.csv",
-            "inversion_summary.json",
-        ],
+        inversion("[4.0,16.0]", "[4.0]"),
+        INVERSION_FILES,
         True,
     ),
     "vulnerability_cifar10": ("cifar10", VULNERABILITY, ["vulnerability.csv"], True),
@@ -230,9 +209,7 @@ def check_run(run: Path, files: list[str]) -> None:
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "completed", record.get("status")
     for name in files:
-        assert list(run.rglob(name)), (
-            f"{run} has no {name}: {sorted(p.name for p in run.iterdir())}"
-        )
+        assert list(run.rglob(name)), f"{run} has no {name}: {sorted(run.iterdir())}"
 
 
 def experiment_params() -> list:
@@ -276,8 +253,8 @@ def test_experiment_runs_end_to_end(experiment, tmp_path: Path, monkeypatch) -> 
 # The dataset each recipe is meant for (its prefix), and whether a tiny training is seconds (fast)
 # or minutes (slow) on 2 CPU cores. RobustBench recipes (rb_*) are imported, never trained: their
 # import is tested in test_zoo_import.py.
-RECIPE_DATA = {"cnn": "mnist", "imagenet": "restricted_imagenet"}
-FAST_RECIPES = {"cnn_small", "cnn_small_at", "cnn_small_trades"}
+RECIPE_DATA = {"cnn": "mnist", "imagenet": "imagenet"}
+FAST_RECIPES = {"cnn_small"}
 
 
 def recipe_params() -> list:

@@ -421,7 +421,8 @@ def test_layer_taps_fire_as_probed_in_forward_order_and_equal_hooked_outputs(arc
     layers = [t for t in probe.taps if t.kind == "layer"]
     modules = dict.fromkeys(t.module for t in layers)
     expected_types = (
-        nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d
+        nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.SiLU, nn.MaxPool2d,
+        nn.AdaptiveAvgPool2d,
     )  # fmt: skip
     leaves = {
         path

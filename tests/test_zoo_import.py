@@ -136,6 +136,7 @@ def check_import_and_cka(
     assert run["models"]["model"]["trained_now"] is False
 
 
+@pytest.mark.slow  # about a minute on 2 idle cores (robustbench's import, two imports, a CKA run)
 def test_preact_resnet18_from_the_zoo_equals_robustbenchs_model(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -162,7 +163,12 @@ def test_wrn28_10_from_the_zoo_equals_robustbenchs_model(
         ("robustbench:Carmon2019Unlabeled", ["threat=L7"], ["no threat model 'L7'", "Linf"]),
         ("robustbench:Carmon2019Unlabeled", ["dataset=mnist"], ["no dataset 'mnist'", "cifar10"]),
         ("robustbench:Carmon2019Unlabeled", ["threat=L2"], ["for cifar10/L2", "cifar10/Linf"]),
-        ("robustbench:Wong2020Fast", [], ["RobustBench lists it", "no reprlab recipe"]),
+        pytest.param(  # imports the robustbench package: seconds
+            "robustbench:Wong2020Fast",
+            [],
+            ["RobustBench lists it", "no reprlab recipe"],
+            marks=pytest.mark.slow,
+        ),
         ("robustbench:Carmon2019Unlabeled", ["model=resnet18"], ["drop model="]),
         ("robustbench:", [], ["needs a model name"]),
         ("robustbench:Carmon2019Unlabeled", [], ["Carmon2019Unlabeled.pt not found"]),
@@ -199,6 +205,17 @@ def test_a_zoo_recipe_is_never_trained(tmp_path: Path, monkeypatch, capsys) -> N
     assert len(lines) == 1 and not (tmp_path / "out").exists()  # refused before any file
 
 
+def test_every_zoo_recipe_is_found_by_its_zoo_name() -> None:
+    recipes = zoo.zoo_recipes()
+    assert len(recipes) >= 10
+    for (dataset, threat, name), option in recipes.items():
+        assert zoo.find_recipe(name, dataset, threat) == option
+        spec = recipe_named(option)
+        assert spec.pretrained is not None and spec.pretrained.name == name
+        assert spec.dataset == dataset == spec.pretrained.dataset
+
+
+@pytest.mark.slow
 def test_every_zoo_recipe_names_its_zoo_entry_and_an_architecture_with_its_keys() -> None:
     """Each conf/model/rb_*.yaml: found by its zoo name, and RobustBench's architecture for that
     entry has exactly the state_dict keys and shapes of the recipe's reprlab architecture (the
@@ -220,7 +237,7 @@ def test_every_zoo_recipe_names_its_zoo_entry_and_an_architecture_with_its_keys(
             mean=spec.pretrained.mean, std=spec.pretrained.std,
         )  # fmt: skip
         their_keys = {
-            k: tuple(v.shape)
+            zoo.zoo_key(spec.arch, k): tuple(v.shape)
             for k, v in theirs.state_dict().items()
             if k not in ("mu", "sigma") and not k.startswith("sub_block1.")
         }

@@ -7,10 +7,12 @@ It differs from the TRADES/Rice WideResNet (:mod:`reprlab.models.wide_resnet`) i
 activation: a block's first 3x3 conv pads by hand, symmetrically (1 on each side) at stride 1 but
 ``(0, 1, 0, 1)`` (right and bottom only) at stride 2, TensorFlow's ``SAME``. Module names follow
 DeepMind's ``model_zoo.py`` as RobustBench ships it (``init_conv``, ``layer.<g>.block.<i>.``
-``batchnorm_0/conv_0/batchnorm_1/conv_1/shortcut``, ``batchnorm``, ``logits``), so the zoo's
-state_dicts load by key. The zoo's model normalises inside with non-persistent ``mean``/``std``
-buffers; here that is the :class:`~reprlab.models.base.Classifier`'s normaliser. Swish
-(``x * sigmoid(x)``) is ``nn.SiLU``. Pooling is adaptive (at 32x32 it equals the original 8x8 pool).
+``batchnorm_0/conv_0/batchnorm_1/conv_1/shortcut``, ``batchnorm``), so the zoo's state_dicts
+load by key, except the final linear layer: DeepMind's ``logits`` is ``fc`` here (a layer tap may
+not share the ``logits`` stage's name); :mod:`reprlab.run.zoo` renames it. The zoo's model
+normalises inside with non-persistent ``mean``/``std`` buffers; here that is the
+:class:`~reprlab.models.base.Classifier`'s normaliser. Swish (``x * sigmoid(x)``) is ``nn.SiLU``.
+Pooling is adaptive (at 32x32 it equals the original 8x8 pool).
 
 Stages (block taps): ``stem`` (init_conv output), one per block (``layer.0.0`` ...
 ``layer.2.<n-1>``), ``final`` (the last bn-activation), ``pool`` (the representation,
@@ -90,7 +92,7 @@ class DMWideResNet(StagedNet):
         self.batchnorm = nn.BatchNorm2d(widths[3])
         self.relu = nn.SiLU()
         self.pool = GlobalAvgPool()
-        self.logits = nn.Linear(widths[3], num_classes)
+        self.fc = nn.Linear(widths[3], num_classes)  # DeepMind's `logits`
         self.stages = (
             ("stem", ("init_conv",)),
             *(
@@ -100,7 +102,7 @@ class DMWideResNet(StagedNet):
             ),
             ("final", ("batchnorm", "relu")),
             ("pool", ("pool",)),
-            ("logits", ("logits",)),
+            ("logits", ("fc",)),
         )
 
 

@@ -20,7 +20,7 @@ use none). That normalisation, from the recipe's ``pretrained.mean``/``std``, be
 model's first layer, so inputs stay [0, 1] pixels and radii stay in pixel units. The zoo's keys
 are the reprlab architecture's own (``wrn28_10``/``wrn34_10``: TRADES/RobustBench WideResNet,
 ``preact_resnet18``, ``dm_wrn28_10``/``dm_wrn70_16``: DeepMind's WideResNet), so the mapping is
-``* -> net.*``.
+``* -> net.*`` (DeepMind's final ``logits.*`` -> ``net.fc.*``).
 """
 
 from __future__ import annotations
@@ -177,13 +177,21 @@ def zoo_state_dict(checkpoint: Any, name: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def zoo_key(arch: str, key: str) -> str:
+    """The reprlab name of zoo state_dict key ``key`` in architecture ``arch``: the same, except
+    DeepMind WideResNets' final ``logits.*``, which is ``fc.*`` in reprlab."""
+    if arch.startswith("dm_wrn") and key.startswith("logits."):
+        return "fc." + key[len("logits.") :]
+    return key
+
+
 def to_reprlab(state: dict[str, torch.Tensor], spec: ModelRecipe) -> dict[str, torch.Tensor]:
     """A zoo state_dict in reprlab's keys: ``* -> net.*``, the zoo's own normaliser buffers
     (``mu``/``sigma``, ``mean``/``std``) replaced by the recipe's normalisation."""
     p = spec.pretrained
     assert p is not None
     skip = {"mu", "sigma", "mean", "std"}
-    converted = {f"net.{k}": v for k, v in state.items() if k not in skip}
+    converted = {f"net.{zoo_key(spec.arch, k)}": v for k, v in state.items() if k not in skip}
     converted["normalize.mean"] = torch.tensor(p.mean, dtype=torch.float32).view(1, -1, 1, 1)
     converted["normalize.std"] = torch.tensor(p.std, dtype=torch.float32).view(1, -1, 1, 1)
     return converted
