@@ -434,18 +434,20 @@ def render(g: Gathered, copied: dict[str, list[str]], root: Path) -> str:
         "",
         "## Networks",
         "",
-        "| model | seed | training | clean | robust (own threat) | minutes |",
+        "| model | seed | training | clean | PGD-10 L∞ 0.1 | monitor: clean, robust (own "
+        "threat) | train minutes |",
     ]
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|")
     for r in g.models:
         lines.append(
-            f"| {r['model']} | {r['seed']} | {r['adversary']} | {_number(r['clean'])} | "
+            f"| {r['model']} | {r['seed']} | {r['adversary']} | {_number(r['clean (1,000)'])} | "
+            f"{_number(r['PGD-10 L∞ 0.1'])} | {_number(r['clean'])}, "
             f"{_number(r['robust (own threat)'])} | {_number(r['train minutes'])} |"
         )
     if g.minutes:
         lines += [
             "",
-            "Run minutes per study (sum over jobs, training included where it happened): ",
+            "Run minutes per study (sum over jobs, training included where it happened):",
         ]
         lines.append(", ".join(f"{k} {v:.1f}" for k, v in g.minutes.items()) + ".")
     for cid, (paper, words, criterion, figure) in CLAIMS.items():
