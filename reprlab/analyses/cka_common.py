@@ -174,16 +174,17 @@ def write_matrix(
     ctx.run.save_figure(name, figure)
 
 
-def print_matrices(heading: str, blocks: dict[str, LayerCKA]) -> None:
+def print_matrices(heading: str, blocks: dict[str, LayerCKA], cross: Sequence[str] = ()) -> None:
     """The terminal summary of CKA matrices: per matrix its size, range, median, mean
-    off-diagonal (square matrices) and mean same-layer CKA (taps both sides share)."""
+    off-diagonal (square matrices) and, for the ``cross`` ones (two models), the mean
+    same-layer CKA (taps both models share)."""
     from reprlab.io.tables import print_table
 
     rows = []
     for name, block in blocks.items():
         values = block.matrix.double()
         square = values.shape[0] == values.shape[1] and block.row_taps == block.col_taps
-        _, diagonal = same_layer(block)
+        _, diagonal = same_layer(block) if name in cross else ([], [])
         rows.append(
             {
                 "matrix": name,
@@ -192,9 +193,7 @@ def print_matrices(heading: str, blocks: dict[str, LayerCKA]) -> None:
                 "median": float(values.median()),
                 "max": float(values.max()),
                 "mean off-diagonal": mean_off_diagonal(values) if square else float("nan"),
-                "mean same-layer": float(diagonal.mean())
-                if len(diagonal) and not square
-                else float("nan"),
+                "mean same-layer": float(np.mean(diagonal)) if len(diagonal) else float("nan"),
             }
         )
     print_table(rows, title=heading, common=False)
