@@ -190,7 +190,7 @@ def print_matrices(heading: str, blocks: dict[str, LayerCKA], cross: Sequence[st
                 "matrix": name,
                 "layers": f"{values.shape[0]}×{values.shape[1]}",
                 "min": float(values.min()),
-                "median": float(values.median()),
+                "median": float(np.median(values.numpy())),
                 "max": float(values.max()),
                 "mean off-diagonal": mean_off_diagonal(values) if square else float("nan"),
                 "mean same-layer": float(np.mean(diagonal)) if len(diagonal) else float("nan"),
