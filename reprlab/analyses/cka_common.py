@@ -141,12 +141,11 @@ def compute(
         groups=groups,
         progress=ctx.progress,
     )
-    log.info(
-        "CKA over %d examples in %d batch%s: %s",
+    log.info(  # the estimator's description is in the summary and every figure's title
+        "CKA over %d examples in %d batch%s",
         result.n_examples,
         result.n_batches,
         "" if result.n_batches == 1 else "es",
-        result.estimator,
     )
     return result
 
