@@ -15,6 +15,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 
 from reprlab.io import atomic
+from reprlab.io.html import write_site
 from reprlab.io.report import gather_runs, print_table, write_report
 
 
@@ -119,6 +120,6 @@ class SweepSummary(Callback):
             table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
         if table.empty:
             return
-        written = write_report(sweep_dir, table, "summary")
+        written = [*write_report(sweep_dir, table, "summary"), write_site(sweep_dir, table)]
         print_table(table, title=f"Sweep summary ({len(table)} runs)")
         print(f"-> {sweep_dir}/: {', '.join(str(p.relative_to(sweep_dir)) for p in written)}")

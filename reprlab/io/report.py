@@ -166,10 +166,9 @@ def accuracy_curves(root: str | Path) -> dict[str, tuple[list[float], list[float
 
 
 def write_report(root: str | Path, table: pd.DataFrame, name: str) -> list[Path]:
-    """Write ``<name>.csv`` into ``root``, ``accuracy_vs_eps.png`` when it holds evaluate runs,
-    and the HTML report (``report/index.html``); return the paths written."""
+    """Write ``<name>.csv`` into ``root``, and ``accuracy_vs_eps.png`` when it holds evaluate
+    runs; return the paths written. (The HTML report is :func:`reprlab.io.html.write_site`.)"""
     from reprlab.io import plots
-    from reprlab.io.html import write_site
 
     directory = RunDirectory(root)
     written = [directory.write_csv(name, table)]
@@ -181,7 +180,6 @@ def write_report(root: str | Path, table: pd.DataFrame, name: str) -> list[Path]
             curves, title=f"accuracy under attack{what}", xlabel="ε (pixel units)"
         )
         written.append(directory.save_figure("accuracy_vs_eps", figure))
-    written.append(write_site(root, table))
     return written
 
 
