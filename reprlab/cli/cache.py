@@ -59,7 +59,7 @@ def cache_ls(args: argparse.Namespace) -> int:
         print(f"the store {store.root} is empty")
         return 0
     table = pd.DataFrame(rows).sort_values(["kind", "name", "date"], kind="stable")
-    print_table(table.drop(columns="bytes").dropna(axis=1, how="all"), common=False)
+    print_table(table.drop(columns="bytes").dropna(axis=1, how="all"), common=False, vertical=False)
     total = sum(row["bytes"] for row in rows)
     print(f"\n{len(rows)} entries, {_size_text(total)} in {store.root}")
     return 0
