@@ -34,7 +34,9 @@ def test_every_analysis_prints_its_numbers_in_120_columns(tmp_path: Path) -> Non
             env={"REPRLAB_STORE": str(store)}, timeout=900,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
-        lines = done.stdout.splitlines()
+        # What the analysis prints (its tables); log records (timestamps, absolute run paths,
+        # the fit loop's per-epoch metrics) are the logger's and are not held to the bar.
+        lines = [line for line in done.stdout.splitlines() if "][reprlab][" not in line]
         widest = max(lines, key=len)
         assert len(widest) <= 120, f"{overrides[0]}: {len(widest)} columns: {widest}"
         for text in expected:
