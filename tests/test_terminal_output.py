@@ -18,6 +18,7 @@ COMMANDS = [
     (["analysis=cka_panels", "ref=cnn_small_at", "analysis.examples=40", "analysis.batch_size=40"],
      ["mean same-layer", "vs"]),
     (["analysis=stitching", "ref=cnn_small_at", "analysis.epochs=1", "analysis.train_examples=64",
+      "analysis.batch_size=32",
       "analysis.ls_examples=64", "analysis.examples=40", "attack.steps=2"],
      ["clean_acc", "robust_acc"]),
     (["analysis=stir", "ref=cnn_small_at", "analysis.examples=20", "analysis.steps=5",
