@@ -133,7 +133,8 @@ def test_sweep_writes_one_directory_per_job_and_a_summary(workdir: Path) -> None
 
     report = run_reprlab("report", str(sweep), cwd=workdir)
     assert report.returncode == 0, report.stderr
-    assert "clean_acc" in report.stdout and (sweep / "report.csv").exists()
+    assert "clean_acc" in report.stdout and not (sweep / "report.csv").exists()  # no copy
+    assert (sweep / "report" / "index.html").exists(), "every sweep ends with its HTML report"
     missing = run_reprlab("report", str(workdir / "nowhere"), cwd=workdir)
     assert_one_line_error(missing, "does not exist")
 

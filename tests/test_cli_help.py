@@ -26,6 +26,8 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
         (["model=cnn_smal"], "did you mean cnn_small?"),
         (["--cfgg", "job"], "did you mean --cfg?"),
         (["analysis=stitching", "analysis.stich=conv"], "did you mean analysis.stitch?"),
+        (["--cfg", "jb"], "did you mean job?"),
+        (["--config-name", "mine"], "experiment file"),
     ],
 )
 def test_a_typo_gets_one_line_naming_the_closest_match(

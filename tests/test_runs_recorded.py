@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -96,9 +97,9 @@ def test_a_run_killed_with_sigkill_reads_as_stale(workdir: Path, capsys) -> None
     process.kill()
     process.wait(timeout=60)
     assert json.loads(record_path.read_text())["status"] == "running"  # nothing could record it
-    code, _, errors = report(workdir / "outputs" / "runs", capsys)
+    code, out, errors = report(workdir / "outputs" / "runs", capsys)
     assert code == 0, errors
-    table = pd.read_csv(workdir / "outputs" / "runs" / "report.csv")
+    table = pd.read_csv(io.StringIO(out))
     assert list(table.status) == ["stale"]
 
 
@@ -117,7 +118,7 @@ def gone_pid() -> int:
 
 
 def report(runs: Path, capsys) -> tuple[int, str, list[str]]:
-    code = main(["report", str(runs)])
+    code = main(["report", str(runs), "--format", "csv"])
     captured = capsys.readouterr()
     return code, captured.out, [line for line in captured.err.splitlines() if line.strip()]
 
@@ -132,9 +133,9 @@ def test_report_shows_a_run_whose_process_is_gone_as_stale(tmp_path: Path, capsy
         {**base, "status": "running", "pid": gone_pid(), "host": f"{here}-other"},
     )
     write_record(tmp_path / "done", {**base, "status": "completed", "pid": gone_pid()})
-    code, _, errors = report(tmp_path, capsys)
+    code, out, errors = report(tmp_path, capsys)
     assert code == 0, errors
-    table = pd.read_csv(tmp_path / "report.csv").set_index("run")
+    table = pd.read_csv(io.StringIO(out)).set_index("run")
     assert table.status.to_dict() == {
         "alive": "running",
         "done": "completed",
@@ -159,7 +160,7 @@ def test_report_warns_about_and_skips_unreadable_run_json(tmp_path: Path, capsys
     assert "a_list/run.json: it holds a JSON list, not an object" in text
     assert "nothing/run.json: it holds a JSON NoneType, not an object" in text
     assert "good" in out and "odd_fields" in out
-    assert len(pd.read_csv(tmp_path / "report.csv")) == 2
+    assert len(pd.read_csv(io.StringIO(out))) == 2
 
 
 def test_report_with_only_a_corrupt_run_json_says_so(tmp_path: Path, capsys) -> None:

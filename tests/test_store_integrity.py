@@ -288,7 +288,7 @@ def test_cache_commands_find_the_store_of_reprlab_store(
 def test_cache_ls_describes_an_unfinished_entry(trained, capsys) -> None:
     assert cli.main(["cache", "ls", "--store", str(trained["root"] / "unfinished")]) == 0
     (row,) = [line for line in capsys.readouterr().out.splitlines() if trained["key"] in line]
-    for shown in ("model", "incomplete", "cnn_small_at", "linf 0.2 x1"):
+    for shown in ("model", "incomplete", "cnn_small_at", "PGD-AT L∞ 0.2"):
         assert shown in row, row
 
 

@@ -18,6 +18,7 @@ COMMANDS = [
     (["analysis=cka_panels", "ref=cnn_small_at", "analysis.examples=40", "analysis.batch_size=40"],
      ["mean same-layer", "vs"]),
     (["analysis=stitching", "ref=cnn_small_at", "analysis.epochs=1", "analysis.train_examples=64",
+      "analysis.batch_size=32",
       "analysis.ls_examples=64", "analysis.examples=40", "attack.steps=2"],
      ["clean_acc", "robust_acc"]),
     (["analysis=stir", "ref=cnn_small_at", "analysis.examples=20", "analysis.steps=5",
@@ -34,7 +35,9 @@ def test_every_analysis_prints_its_numbers_in_120_columns(tmp_path: Path) -> Non
             env={"REPRLAB_STORE": str(store)}, timeout=900,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
-        lines = done.stdout.splitlines()
+        # What the analysis prints (its tables); log records (timestamps, absolute run paths,
+        # the fit loop's per-epoch metrics) are the logger's and are not held to the bar.
+        lines = [line for line in done.stdout.splitlines() if "][reprlab][" not in line]
         widest = max(lines, key=len)
         assert len(widest) <= 120, f"{overrides[0]}: {len(widest)} columns: {widest}"
         for text in expected:

@@ -61,7 +61,7 @@ BAD_INPUTS = [
     (["attack=null"], ["attack=null is invalid", "pgd_linf"]),
     (["~model"], ["no model chosen", "model=<recipe>", "cnn_small"]),
     (["--cfg", "job", "model=nope"], ["unknown model 'nope'"]),
-    (["--cfg", "job", "nokey=1"], ["Could not override 'nokey'"]),
+    (["--cfg", "job", "nokey=1"], ["unknown group or key 'nokey'"]),
     (["--cfg", "job", "model.nokey=1"], ["model.nokey"]),
     (["attack.steps=0"], ["attack.steps=0 is invalid"]),
     (["attack.eps=1e9"], ["attack.eps=1000000000.0 is invalid", "at most 1 on synthetic"]),

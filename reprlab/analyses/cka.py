@@ -88,5 +88,6 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         ctx.run.save_figure(f"{name}_same_layer", figure)
         summary["mean_same_layer"] = float(values.mean())
     ctx.run.write_json("cka", summary)
-    common.print_matrices(f"CKA ({description}):", {f"{label_a} vs {label_b}": cross})
+    both = f"{label_a} vs {label_b}"
+    common.print_matrices(f"CKA ({description}):", {both: cross}, cross=[both])
     return summary

@@ -130,12 +130,11 @@ def compute(
         groups=groups,
         progress=ctx.progress,
     )
-    log.info(
-        "CKA over %d examples in %d batch%s: %s",
+    log.info(  # the estimator's description is in the summary and every figure's title
+        "CKA over %d examples in %d batch%s",
         result.n_examples,
         result.n_batches,
         "" if result.n_batches == 1 else "es",
-        result.estimator,
     )
     return result
 
@@ -163,27 +162,26 @@ def write_matrix(
     ctx.run.save_figure(name, figure)
 
 
-def print_matrices(heading: str, blocks: dict[str, LayerCKA]) -> None:
+def print_matrices(heading: str, blocks: dict[str, LayerCKA], cross: Sequence[str] = ()) -> None:
     """The terminal summary of CKA matrices: per matrix its size, range, median, mean
-    off-diagonal (square matrices) and mean same-layer CKA (taps both sides share)."""
+    off-diagonal (square matrices) and, for the ``cross`` ones (two models), the mean
+    same-layer CKA (taps both models share)."""
     from reprlab.io.tables import print_table
 
     rows = []
     for name, block in blocks.items():
         values = block.matrix.double()
         square = values.shape[0] == values.shape[1] and block.row_taps == block.col_taps
-        _, diagonal = same_layer(block)
+        _, diagonal = same_layer(block) if name in cross else ([], [])
         rows.append(
             {
                 "matrix": name,
                 "layers": f"{values.shape[0]}×{values.shape[1]}",
                 "min": float(values.min()),
-                "median": float(values.median()),
+                "median": float(np.median(values.numpy())),
                 "max": float(values.max()),
                 "mean off-diagonal": mean_off_diagonal(values) if square else float("nan"),
-                "mean same-layer": float(diagonal.mean())
-                if len(diagonal) and not square
-                else float("nan"),
+                "mean same-layer": float(np.mean(diagonal)) if len(diagonal) else float("nan"),
             }
         )
     print_table(rows, title=heading, common=False)

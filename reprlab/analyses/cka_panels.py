@@ -90,5 +90,6 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     common.print_matrices(
         f"CKA panels ({description}):",
         {f"{rows} vs {cols}": block for block, rows, cols in blocks.values()},
+        cross=[f"{rows} vs {cols}" for _, rows, cols in blocks.values() if rows != cols],
     )
     return summary

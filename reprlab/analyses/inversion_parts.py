@@ -695,7 +695,7 @@ def _print(title: str, summary: dict[str, Any]) -> None:
     measures joined with '.')."""
     rows = []
     for label, values in summary.items():
-        row: dict[str, Any] = {"": label}
+        row: dict[str, Any] = {"model": label}
         if isinstance(values, dict):
             row.update(pd.json_normalize(values, sep=".").iloc[0].to_dict())
         else:

@@ -585,7 +585,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     front_label = front.label + (f" ({front.dataset.name})" if cross_task else "")
     training = (
         f"{s.stitch} stitch, init {s.init}, "
-        + (f"{s.epochs} epochs, donor BN {s.frozen_bn}" if s.epochs > 0 else "untrained")
+        + (
+            f"{s.epochs} epoch{'s' * (s.epochs != 1)}, donor BN {s.frozen_bn}"
+            if s.epochs > 0
+            else "untrained"
+        )
         + (f", α={s.alpha:g} adversarial" if s.alpha > 0 and s.epochs > 0 else "")
     )
     title = (

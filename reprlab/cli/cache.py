@@ -34,7 +34,7 @@ def cache_ls(args: argparse.Namespace) -> int:
     threat (models), accuracy, the models a derived artifact joins, size and date."""
     import pandas as pd
 
-    from reprlab.io.report import print_table
+    from reprlab.io.tables import print_table
 
     store = _existing_store(args)
     entries = store.entries()
@@ -59,7 +59,7 @@ def cache_ls(args: argparse.Namespace) -> int:
         print(f"the store {store.root} is empty")
         return 0
     table = pd.DataFrame(rows).sort_values(["kind", "name", "date"], kind="stable")
-    print_table(table.drop(columns="bytes").dropna(axis=1, how="all"))
+    print_table(table.drop(columns="bytes").dropna(axis=1, how="all"), common=False, vertical=False)
     total = sum(row["bytes"] for row in rows)
     print(f"\n{len(rows)} entries, {_size_text(total)} in {store.root}")
     return 0
@@ -77,7 +77,7 @@ def _entry_row(
     when = (marker if marker.exists() else path).stat().st_mtime
     joined = [names[v] or v[:12] for v in _strings(meta.get("identity")) if v in names and v != key]
     return {
-        "key": key[:12],
+        "key": key,
         "kind": meta.get("kind", "?"),
         "status": status,
         "name": recipe.get("name", meta.get("label")),

@@ -34,15 +34,34 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+CFG_CHOICES = ("job", "hydra", "all")
+
+
 def check_flags(args: Sequence[str]) -> None:
-    """Raise ReprlabError for a flag Hydra does not know, naming the closest one."""
-    for arg in args:
-        flag = arg.split("=", 1)[0]
-        if arg.startswith("-") and flag not in HYDRA_FLAGS and not _is_number(arg):
+    """Raise ReprlabError (one line, the closest match named) for a flag Hydra does not know, a
+    bad ``--cfg`` value, or ``--config-name``/``--config-path`` (reprlab composes its own
+    packaged config; ``experiment=`` files and ``--config-dir`` add to it)."""
+    for position, arg in enumerate(args):
+        flag, _, attached = arg.partition("=")
+        if not arg.startswith("-") or _is_number(arg):
+            continue
+        if flag not in HYDRA_FLAGS:
             raise ReprlabError(
                 f"unknown option {flag}{did_you_mean(flag, HYDRA_FLAGS)} "
                 "(`reprlab run --help` lists them)"
             )
+        if flag in ("--config-name", "-cn", "--config-path", "-cp"):
+            raise ReprlabError(
+                f"{flag} is not supported: reprlab composes its own config; pin a study in "
+                "an experiment file (experiment=NAME) or add a config folder with --config-dir"
+            )
+        if flag in ("--cfg", "-c"):
+            value = attached or (args[position + 1] if position + 1 < len(args) else "")
+            if value not in CFG_CHOICES:
+                raise ReprlabError(
+                    f"--cfg {value or '(nothing)'} is invalid{did_you_mean(value, CFG_CHOICES)} "
+                    f"(choose one of: {', '.join(CFG_CHOICES)})"
+                )
 
 
 def _is_number(text: str) -> bool:

@@ -15,9 +15,9 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 
 from reprlab.io import atomic
-from reprlab.io.report import gather_runs, print_table
+from reprlab.io.html import write_site
+from reprlab.io.report import gather_runs, print_table, write_report
 from reprlab.io.runs import RunDirectory
-from reprlab.io.summary import write_report
 
 
 @dataclass(frozen=True)
@@ -124,9 +124,9 @@ def write_summary(sweep_dir: Path, *, show: bool = True) -> list[Path]:
         return []
     if not show:
         return [RunDirectory(sweep_dir).write_csv("summary", table)]
-    written = write_report(sweep_dir, table, "summary")
-    print(f"\nSweep summary ({len(table)} runs) -> {', '.join(str(p) for p in written)}")
-    print_table(table)
+    written = [*write_report(sweep_dir, table, "summary"), write_site(sweep_dir, table)]
+    print_table(table, title=f"Sweep summary ({len(table)} runs)")
+    print(f"-> {sweep_dir}/: {', '.join(str(p.relative_to(sweep_dir)) for p in written)}")
     return written
 
 

@@ -229,11 +229,10 @@ def _run_page(
     return _page(title, "".join(parts), nav)
 
 
-def write_site(root: str | Path, table: pd.DataFrame | None = None) -> Path:
+def write_site(root: str | Path, table: pd.DataFrame) -> Path:
     """Write the report of the runs under ``root`` into ``root/report/``; return its
-    ``index.html``. ``table`` is the summary table to show (default: every run, gathered)."""
-    from reprlab.io.report import gather_runs
-
+    ``index.html``. ``table`` is the summary table the index shows (one row per run, its
+    ``run`` column relative to ``root``, as :func:`reprlab.io.report.gather_runs` gives)."""
     root = Path(root).resolve()
     site = root / SITE
     site.mkdir(exist_ok=True)
@@ -253,8 +252,6 @@ def write_site(root: str | Path, table: pd.DataFrame | None = None) -> Path:
         page = site / f"{_slug(run, root)}.html"
         atomic.write_text(page, _run_page(run, root, record, page, users))
 
-    if table is None:
-        table = gather_runs(root)
     links = {}
     if "run" in table.columns:
         for position, name in enumerate(table["run"].tolist()):

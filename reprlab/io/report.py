@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from reprlab.errors import ReprlabError
+from reprlab.io.runs import RunDirectory
 from reprlab.io.tables import tidy_value
 
 LEADING_COLUMNS = ("run", "analysis", "status", "model", "threat", "ref", "dataset", "overrides")
@@ -162,6 +163,24 @@ def accuracy_curves(root: str | Path) -> dict[str, tuple[list[float], list[float
         )
         for model, where, table in found
     }
+
+
+def write_report(root: str | Path, table: pd.DataFrame, name: str) -> list[Path]:
+    """Write ``<name>.csv`` into ``root``, and ``accuracy_vs_eps.png`` when it holds evaluate
+    runs; return the paths written. (The HTML report is :func:`reprlab.io.html.write_site`.)"""
+    from reprlab.io import plots
+
+    directory = RunDirectory(root)
+    written = [directory.write_csv(name, table)]
+    curves = accuracy_curves(root)
+    if curves:
+        varied = swept(table)
+        what = f" by {', '.join(varied)}" if varied else ""
+        figure = plots.accuracy_vs_eps(
+            curves, title=f"accuracy under attack{what}", xlabel="ε (pixel units)"
+        )
+        written.append(directory.save_figure("accuracy_vs_eps", figure))
+    return written
 
 
 def split_overrides(frame: pd.DataFrame) -> pd.DataFrame:

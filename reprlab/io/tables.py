@@ -83,11 +83,13 @@ def format_table(
     width: int = WIDTH,
     max_cell: int = MAX_CELL,
     common: bool = True,
+    vertical: bool = True,
 ) -> str:
     """``frame`` as aligned text no wider than ``width``.
 
     ``common``: with two or more rows, columns holding one value in every row are printed once,
-    above the table. One row prints as ``key  value`` lines. Numbers are right-aligned with
+    above the table. One row prints as ``key  value`` lines (unless ``vertical`` is False: a
+    listing whose rows people search keeps its one row a row). Numbers are right-aligned with
     :func:`format_number`; text longer than ``max_cell`` is cut.
     """
     if not isinstance(frame, pd.DataFrame):
@@ -100,7 +102,7 @@ def format_table(
         return "\n".join(lines)
     columns = [str(c) for c in frame.columns]
     values = {name: frame.iloc[:, i].tolist() for i, name in enumerate(columns)}
-    if len(frame) == 1:
+    if len(frame) == 1 and vertical:
         shown = [(name, values[name][0]) for name in columns if not _missing(values[name][0])]
         key_width = min(max(len(name) for name, _ in shown), 40) if shown else 0
         for name, value in shown:
