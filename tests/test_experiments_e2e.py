@@ -212,8 +212,14 @@ def check_run(run: Path, files: list[str]) -> None:
         assert list(run.rglob(name)), f"{run} has no {name}: {sorted(run.iterdir())}"
 
 
+# The findings study's experiment files run end to end, all of them in order, in
+# tests/test_findings_pipeline.py (slow): each needs the models the one before trained.
+FINDINGS_PIPELINE = {name for name in group_options("experiment") if name.startswith("findings_")}
+
+
 def experiment_params() -> list:
-    assert set(EXPERIMENTS) == set(group_options("experiment")), "add the new experiment here"
+    listed = set(EXPERIMENTS) | FINDINGS_PIPELINE
+    assert listed == set(group_options("experiment")), "add the new experiment here"
     return [
         pytest.param(name, marks=pytest.mark.slow) if slow else name
         for name, (_, _, _, slow) in EXPERIMENTS.items()
