@@ -80,7 +80,7 @@ test-all: setup data
 
 test-slurm: setup
 	$(BIN)/python scripts/slurm_cluster.py start
-	$(BIN)/python -m pytest -m slurm -p no:cacheprovider tests/test_slurm.py
+	$(BIN)/python -m pytest -m slurm -p no:cacheprovider tests/cli/test_slurm.py
 
 slurm-stop:
 	$(BIN)/python scripts/slurm_cluster.py stop

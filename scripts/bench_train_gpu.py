@@ -20,7 +20,7 @@ Measures, in one run, on synthetic CIFAR-shaped data (3x32x32, 10 classes, GPU-r
 
 A setting that cannot run on the device (bf16/channels_last without CUDA, compile without its
 toolchain) is reported as skipped with the reason. ``--out`` writes every figure as JSON. On the
-CPU with tiny sizes it runs in seconds (tests/test_bench_scripts.py)::
+CPU with tiny sizes it runs in seconds (tests/cli/test_bench_scripts.py)::
 
     python scripts/bench_train_gpu.py --device cpu --arch cnn_small --channels 1 \
         --image-size 28 --examples 64 --batch-size 32 --steps 2 --repeats 1 \

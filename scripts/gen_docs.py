@@ -4,7 +4,7 @@ generated from the config tree itself (reprlab/conf).
     python scripts/gen_docs.py            # rewrite docs/reference.md
     python scripts/gen_docs.py --check    # exit 1 if docs/reference.md is out of date
 
-tests/test_docs.py runs the check, so a config option that is added, removed or re-commented
+tests/unit/test_docs.py runs the check, so a config option that is added, removed or re-commented
 without regenerating the page fails the tests.
 """
 
@@ -106,7 +106,7 @@ def render() -> str:
         "# Configuration reference",
         "",
         "Generated from `reprlab/conf` by `python scripts/gen_docs.py`; do not edit by hand "
-        "(`tests/test_docs.py` fails when this page and the configs disagree).",
+        "(`tests/unit/test_docs.py` fails when this page and the configs disagree).",
         "",
         "## Config groups",
         "",

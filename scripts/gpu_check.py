@@ -20,7 +20,7 @@ own process with its own time limit, so one failure or hang never hides the othe
 The JSON holds, per step, its exit code, seconds and figures (parsed JSON where the step writes
 it, else the last lines it printed), plus the device, torch version and total time. Exit code: 0
 when every step passed. ``--dry`` runs the same steps on the CPU at tiny sizes (seconds; the test
-tests/test_gpu_check.py), skipping the wheel installation when the packages import.
+tests/cli/test_gpu_check.py), skipping the wheel installation when the packages import.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ FULL_LIMITS = {
     "stir_bf16": 90,
     "inversion_bf16": 45,
     "experiment": 75,
-}  # together with setup and start-up within 8 minutes (tests/test_gpu_check.py)
+}  # together with setup and start-up within 8 minutes (tests/cli/test_gpu_check.py)
 
 
 def python(*args: str) -> list[str]:
@@ -61,7 +61,7 @@ def steps(dry: bool, work: Path) -> list[tuple[str, list[str], float]]:
     if dry:
         return [
             ("gpu_tests", python("-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                                 "tests/test_gpu.py"), 120),
+                                 "tests/unit/test_gpu.py"), 120),
             ("bench_train_gpu", python(
                 "scripts/bench_train_gpu.py", "--device", "cpu", "--arch", "cnn_small",
                 "--channels", "1", "--image-size", "28", "--examples", "64", "--batch-size", "32",

@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_script(name: str):

@@ -2,7 +2,7 @@
 bad input refused; and, on MNIST (slow), the paper's claim that robust representations invert
 to images closer to their targets than standard ones.
 
-The maths on models with a known inverse is tested in tests/test_inversion.py.
+The maths on models with a known inverse is tested in tests/unit/test_inversion.py.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "reprlab"
+PACKAGE = Path(__file__).resolve().parents[2] / "reprlab"
 
 # Layers from the top down, one package group each; a module may import from its own layer and
 # the layers below it, except where FORBIDDEN says otherwise.

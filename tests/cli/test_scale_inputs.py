@@ -1,6 +1,6 @@
 """Bad scale-out inputs: one line, exit 2, nothing written.
 
-In-process like tests/test_user_errors.py: the checks run before Hydra starts, so the working
+In-process like tests/cli/test_user_errors.py: the checks run before Hydra starts, so the working
 directory (where ``outputs/`` would land) must stay empty.
 """
 

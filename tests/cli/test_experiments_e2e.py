@@ -213,7 +213,7 @@ def check_run(run: Path, files: list[str]) -> None:
 
 
 # The findings study's experiment files run end to end, all of them in order, in
-# tests/test_findings_pipeline.py (slow): each needs the models the one before trained.
+# tests/cli/test_findings_pipeline.py (slow): each needs the models the one before trained.
 FINDINGS_PIPELINE = {name for name in group_options("experiment") if name.startswith("findings_")}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STEPS = {"gpu_tests", "bench_train_gpu", "stir_bf16", "inversion_bf16", "experiment"}
 
 

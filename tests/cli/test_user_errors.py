@@ -79,7 +79,7 @@ BAD_INPUTS = [
     (["model.train.momentum=1"], ["model.train.momentum=1.0 is invalid"]),
     (["model.train.lr=inf"], ["model.train.lr=inf is invalid"]),
     (["-m", "seed=-1,0"], ["sweep job", "seed=-1 is invalid"]),
-    # Found by tests/test_fuzz_inputs.py or by reading the code paths a run takes.
+    # Found by tests/cli/test_fuzz_inputs.py or by reading the code paths a run takes.
     (["analysis=cka", "analysis.taps=3"], ["analysis.taps=3 is invalid"]),
     (["analysis=${oops}"], ["unknown analysis"]),
     (["analysis.name=${oops}"], ["analysis.name:", "oops"]),
