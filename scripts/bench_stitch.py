@@ -7,7 +7,8 @@ cost at
 most 0.8× training the points one at a time (one call per point: the front runs once per point).
 
 Both ways train the same stitches from the same initialisation on the same batches (the results
-are equal; tests/cli/test_stitching.py checks it). The two are interleaved ``--repeats`` times in one
+are equal; tests/cli/test_stitching.py checks it). The two are interleaved ``--repeats``
+times in one
 process and the median ratio is printed, with the cost model counted exactly by
 :class:`torch.utils.flop_counter.FlopCounterMode` over one batch of each way (forward and
 backward FLOPs; the donors are frozen, so their backward is input gradients only).
