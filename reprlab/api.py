@@ -31,14 +31,31 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from reprlab import _API
 from reprlab.core.attacks import PGD, Attack, robust_accuracy
 from reprlab.errors import ReprlabError
 from reprlab.methods.layerwise import JointCKA, Member, joint_layer_cka
 from reprlab.models import Classifier, select_taps
 from reprlab.models.base import TapSpec
 
-__all__ = list(_API)  # the package's lazy attributes (reprlab/__init__.py)
+# The same names as reprlab/__init__.py's lazy attributes (tests/cli/test_api.py checks it).
+__all__ = [
+    "RunRecord",
+    "batches_of",
+    "cka",
+    "evaluate",
+    "fit_critic",
+    "images",
+    "invert",
+    "joint_cka",
+    "list_models",
+    "load_model",
+    "open_run",
+    "stir",
+    "stitch",
+    "train",
+    "vulnerability",
+    "wrap",
+]
 
 Data = Any
 """A tensor of images, an (images, labels) pair, a Dataset, a DataLoader or an iterable of
