@@ -226,7 +226,6 @@ def preflight(
 
     from reprlab.analyses import validate_run
     from reprlab.cli import launchers
-    from reprlab.run.config import check_asked_samples, dataset_choice
     from reprlab.run.groups import one_line
 
     try:
@@ -243,6 +242,8 @@ def preflight(
         try:
             cfg = compose_config(job, with_hydra=validate)
             if validate:
+                from reprlab.run.config import check_asked_samples, dataset_choice
+
                 choice = dataset_choice(cfg, cfg.hydra.runtime.choices, job)
                 check_asked_samples(cfg, job)
                 validate_run(cfg)

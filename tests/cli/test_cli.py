@@ -82,7 +82,7 @@ def test_help_and_cfg_pass_through_to_hydra(workdir: Path) -> None:
     assert top.returncode == 0 and "run" in top.stdout and "cache" in top.stdout
     helped = run_reprlab("run", "--help", cwd=workdir)
     assert helped.returncode == 0
-    assert "model: cnn" in helped.stdout and "ref: cnn" in helped.stdout
+    assert "cnn_small_at" in helped.stdout and "(any model option)" in helped.stdout
     shown = run_reprlab("run", "model=resnet18_at", "dataset=cifar10", "--cfg", "job", cwd=workdir)
     assert shown.returncode == 0, shown.stderr
     assert "name: resnet18_at" in shown.stdout and "name: cifar10" in shown.stdout
