@@ -87,6 +87,7 @@ def _entry_row(
         "epochs": meta.get("epochs_trained"),
         "clean_acc": final.get("eval_clean_acc", _import_accuracy(meta)),
         "pgd_acc": next((v for k, v in final.items() if k.startswith("eval_pgd")), None),
+        "source": meta.get("source") if meta.get("kind") == "model" else None,
         "size": _size_text(size),
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(when)),
         "bytes": size,

@@ -231,7 +231,7 @@ def test_mnist_labels_out_of_range_are_one_line(tmp_path) -> None:
     from reprlab.data import load_tensors
     from reprlab.data.mnist_offline import write_idx_labels
 
-    real = Path(os.environ.get("REPRLAB_DATA", "outputs/data")) / "MNIST" / "raw"
+    real = Path(os.environ.get("REPRLAB_DATA", "outputs/data")).resolve() / "MNIST" / "raw"
     if not (real / "t10k-images-idx3-ubyte").exists():
         pytest.skip("MNIST is not on disk (REPRLAB_DATA)")
     raw = tmp_path / "MNIST" / "raw"
