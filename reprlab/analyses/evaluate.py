@@ -154,7 +154,7 @@ def settings(cfg: DictConfig) -> Settings:
     given = s.eps if isinstance(s.eps, list) else [s.eps] if s.eps is not None else []
     if isinstance(s.eps, list) and not given:
         raise ReprlabError(
-            "analysis.eps=[] names no radius: give a radius or a list of radii, e.g. analysis.eps=[0.1] "
+            "analysis.eps=[] names no radius: give one or a list, e.g. analysis.eps=[0.1] "
             "(or analysis.eps=null for fractions of attack.eps)"
         )
     for value in given:
