@@ -86,6 +86,7 @@ def test_registry_holds_every_architecture_family():
         "wrn28_10",
         "wrn34_10",
         "dm_wrn28_10",
+        "resnet20_mini",
         "dm_wrn70_16",
         "tv_resnet18",
         "tv_resnet50",
