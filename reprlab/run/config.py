@@ -757,13 +757,13 @@ def check_trainer(trainer: TrainerSpec, device: Any, cfg: DictConfig) -> None:
             "the visible GPU of its local rank, so the index would be ignored; choose the GPUs "
             "with CUDA_VISIBLE_DEVICES=... and use device=cuda"
         )
-    resolve_speed(trainer.bf16, trainer.channels_last, trainer.compile, device)
     if str(trainer.compile).lower() in ("on", "true") and device.type == "cpu":
         raise ReprlabError(
             "trainer.compile=on is refused on the CPU: torch.compile spends minutes compiling "
             "before the first step, longer than reprlab's CPU runs take; use trainer.compile=off "
             "(or auto: on for CUDA only)"
         )
+    resolve_speed(trainer.bf16, trainer.channels_last, trainer.compile, device)
     if trainer.devices < 1:
         raise ReprlabError(f"trainer.devices={trainer.devices} is invalid: it must be >= 1")
     if trainer.sync_batchnorm and trainer.devices > 1 and device.type != "cuda":
