@@ -368,6 +368,7 @@ def joint_cka(
     batch_size: int = 256,
     groups: Sequence[Sequence[str]] | None = None,
     progress: bool = False,
+    batches: int | None = None,
 ) -> JointCKA:
     """Layer CKA between every pair of taps of several models over the same inputs, in one
     pass over ``data`` (Kornblith et al. 2019; minibatch estimator of Nguyen et al. 2021).
@@ -376,6 +377,8 @@ def joint_cka(
     member (e.g. adversarial inputs crafted against each). ``estimator`` ``"unbiased"`` (the
     default everywhere in reprlab) or ``"biased"``; ``features`` ``"flatten"`` or ``"pool"``
     (spatial mean). ``groups`` restricts the pairs computed to within each group of labels.
+    ``batches``: how many batches an iterable ``data`` yields, for the progress bar's total and
+    time left (known without it for tensors, datasets and loaders).
     """
     if estimator not in ("unbiased", "biased"):
         raise ReprlabError(f"estimator={estimator!r} is invalid; use unbiased or biased")
@@ -395,6 +398,7 @@ def joint_cka(
         pool=features == "pool",
         groups=groups,
         progress=progress,
+        total=batches,
     )
 
 
@@ -680,6 +684,7 @@ def fit_critic(
     scope: str = "global",
     seed: int = 0,
     progress: bool = False,
+    what: str | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Train a Deep-InfoMax critic of I(X; g(X)) for ``model``'s representation at ``tap``
     (frozen, eval mode); return it and its per-epoch history (``train_mi``, and ``heldout_mi``:
@@ -692,6 +697,7 @@ def fit_critic(
     the whole-image critic (estimates I(X; Z), the quantity Fano's bound takes); ``"local"``:
     the authors' per-location critic (a patch's MI). ``train_batches`` is an epoch loader
     (``epoch(i)``) of (x, y); ``heldout`` a list of (x, y) batches. The estimate is the last.
+    ``what`` names the critic in the log (default: ``critic at <tap>``).
     """
     from reprlab.core.fit import FitSettings
     from reprlab.core.representation import Representation
@@ -714,6 +720,7 @@ def fit_critic(
         heldout=heldout,
         device=device,
         progress=progress,
+        what=what or f"critic at {tap}",
     )
     return critic, history
 

@@ -129,6 +129,7 @@ def compute(
         features=s.features,
         groups=groups,
         progress=ctx.progress,
+        batches=source.kept_batches(MIN_BATCH),
     )
     log.info(  # the estimator's description is in the summary and every figure's title
         "CKA over %d examples in %d batch%s",

@@ -21,6 +21,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from reprlab.errors import ReprlabError
+from reprlab.io.html import write_site
 from reprlab.methods import findings as criteria
 from reprlab.run.config import typed
 from reprlab.run.context import RunContext
@@ -172,6 +173,7 @@ class Gathered:
     figures: dict[str, list[Path]]
     models: list[dict[str, Any]]
     minutes: dict[str, float]
+    jobs: list[Path]  # the run directories the verdicts were read from
 
 
 def gather(root: Path) -> Gathered:
@@ -323,7 +325,8 @@ def gather(root: Path) -> Gathered:
         verdicts["l"] = criteria.bound_holds(bounds, heads)
         figures.setdefault("vulnerability", []).append(job / "bound_vs_accuracy.png")
 
-    return Gathered(verdicts, figures, models, minutes)
+    used = [job for js in jobs.values() for job, _ in js]
+    return Gathered(verdicts, figures, models, minutes, used)
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -488,7 +491,19 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         "minutes": g.minutes,
     }
     ctx.run.write_json("findings", out)
-    print(f"\nFindings report: {ctx.run.path / 'findings.md'}")
+    table = pd.DataFrame(
+        [
+            {"claim": cid, "paper": CLAIMS[cid][0], "the paper's words": CLAIMS[cid][1],
+             "verdict": v.verdict, "numbers": v.why}
+            for cid, v in g.verdicts.items()
+        ]
+    )  # fmt: skip
+    site = write_site(
+        root, table, runs=g.jobs, site=ctx.run.path / "site", title="reprlab findings",
+        intro="Each claim's pre-registered criterion, the measured numbers and the verdict are in "
+        "findings.md beside this folder; every run the verdicts were read from is linked below.",
+    )  # fmt: skip
+    print(f"\nFindings report: {ctx.run.path / 'findings.md'}  (HTML: {site})")
     for cid, v in g.verdicts.items():
         print(f"  ({cid}) {CLAIMS[cid][0]:<24} {v.verdict:<14} {v.why}")
     return {cid: v.verdict for cid, v in g.verdicts.items()}

@@ -49,6 +49,10 @@ class InputSource:
     def examples(self) -> int:
         return sum(len(y) for _, y in self.batches)
 
+    def kept_batches(self, min_batch: int = 1) -> int:
+        """How many batches every iteration yields (those of at least ``min_batch`` examples)."""
+        return sum(1 for _, y in self.batches if len(y) >= min_batch)
+
     def clean(self, min_batch: int = 1) -> Iterator[Batch]:
         """The clean batches (batches smaller than ``min_batch`` are dropped, with a warning)."""
         yield from self._kept(min_batch)

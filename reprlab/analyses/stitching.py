@@ -364,11 +364,13 @@ def obtain_trained(
     def produce(files: Any, names: list[str]) -> dict[str, tuple[Any, dict[str, Any]]]:
         chosen = [by_name[n] for n in names]
         log.info(
-            "training %d stitches together (%s, init %s, %d epochs, donor BN %s%s)",
+            "training %d stitch%s together (%s, init %s, %d epoch%s, donor BN %s%s)",
             len(chosen),
+            "es" if len(chosen) != 1 else "",
             s.stitch,
             s.init,
             s.epochs,
+            "s" if s.epochs != 1 else "",
             s.frozen_bn,
             f", {s.alpha:.0%} adversarial" if s.alpha > 0 else "",
         )
@@ -408,6 +410,8 @@ def obtain_trained(
             resume=resume,
             on_epoch_end=on_epoch_end,
             progress=ctx.progress,
+            what=f"{len(chosen)} stitch{'es' if len(chosen) != 1 else ''} "
+            f"{front.label} → {end.label}",
         )
         final = result.history[-1] if result.history else {}
         return {

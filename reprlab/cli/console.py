@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 EXIT_USER_ERROR = 2
 
@@ -22,3 +23,13 @@ def fail(message: str) -> int:
 def warn(message: str) -> None:
     """Print a warning as one line on stderr."""
     print(f"reprlab: warning: {message}", file=sys.stderr)
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as a person reads it: relative to the working directory when inside it (e.g.
+    ``outputs/runs/cka/2026-12-08/02-07-30_3332bd``), absolute otherwise."""
+    absolute = Path(path).absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reprlab.cli.console import shown_path
 from reprlab.errors import ReprlabError
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         run.update(seeds=seeds, dataset=ctx.dataset.name, trainer=ctx.trainer.record())
         choice = dataset_choice(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
         run.update(dataset_choice=choice.record())
-        log.info("%s run in %s", analysis.name, path)
+        log.info("%s run in %s", analysis.name, shown_path(path))
         summary = analysis.run(cfg, ctx)
     except (KeyboardInterrupt, Interrupted) as err:
         stop = err if isinstance(err, Interrupted) else Interrupted.from_keyboard()
@@ -189,7 +190,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         raise
     run.finish("completed", summary)
     _log_to_tracker(cfg, path, run.record)
-    log.info("results in %s", path)
+    log.info("results in %s", shown_path(path))
     return summary
 
 

@@ -193,8 +193,10 @@ def fit(
         modules and, with ``frozen_bn="train"``, the frozen ones); ``optimizer``; ``scheduler``;
         ``history``.
     what:
-        What is trained, in the log line that estimates the whole fit's time from its first
-        batches (:class:`OverallEta`); the progress bar shows the time left over all epochs.
+        What is trained (e.g. ``model cnn_small_at``, ``critic of cnn_small at logits``): it
+        leads each epoch's log line (:func:`epoch_line`) and the line that estimates the whole
+        fit's time from its first batches (:class:`OverallEta`); the progress bar shows the time
+        left over all epochs.
 
     Returns
     -------
@@ -310,12 +312,7 @@ def fit(
                 ):
                     record.update(evaluate(epoch))
             history.append(record)
-            log.info(
-                "epoch %d/%d: %s",
-                epoch,
-                settings.epochs,
-                ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"),
-            )
+            log.info("%s", epoch_line(what, epoch, settings.epochs, record))
             if on_epoch_end is not None:
                 state = {
                     "epoch": epoch,
@@ -343,6 +340,54 @@ def format_duration(seconds: float) -> str:
         return f"{whole} h {round((hours - whole) * 60):02d} min"
     days = hours / 24
     return f"{days:.1f} days" if days < 365 else f"{days / 365:.1f} years"
+
+
+EPOCH_LINE_COLUMNS = 109
+"""The widest epoch line :func:`epoch_line` writes: with the console's ``[HH:MM:SS] `` prefix,
+the terminal stays within 120 columns."""
+
+
+def epoch_line(what: str, epoch: int, epochs: int, record: Mapping[str, Any]) -> str:
+    """One epoch's record as a log line of at most :data:`EPOCH_LINE_COLUMNS` characters, led by
+    what is trained, e.g. ``critic of cnn_small at logits · epoch 3/5: loss -2.13, mi 2.13,
+    heldout_mi 2.08 · 5.2 s``.
+
+    Numbers have three significant digits; ``train_`` and ``eval_`` are dropped from the names;
+    three or more statistics that share a prefix (one per stitch: ``acc_<point>``) are shown as
+    their range, e.g. ``acc_* (11) 0.712-0.951``. The learning rate and throughput are left to
+    the run's metrics file, which has every value; a line still too long is cut with ``…``.
+    """
+    stats = {
+        k.removeprefix("train_").removeprefix("eval_"): v
+        for k, v in record.items()
+        if k not in ("epoch", "lr", "seconds", "images_per_second")
+    }
+    numeric = {k: float(v) for k, v in stats.items() if isinstance(v, float | int)}
+    groups: dict[str, list[float]] = {}
+    for key, value in numeric.items():
+        if "_" in key:
+            groups.setdefault(key.split("_", 1)[0], []).append(value)
+    grouped = {prefix for prefix, values in groups.items() if len(values) >= 3}
+    parts: list[str] = []
+    shown: set[str] = set()
+    for key, value in stats.items():
+        prefix = key.split("_", 1)[0]
+        if key in numeric and "_" in key and prefix in grouped:
+            if prefix not in shown:
+                shown.add(prefix)
+                values = groups[prefix]
+                parts.append(f"{prefix}_* ({len(values)}) {min(values):.3g}-{max(values):.3g}")
+        elif key in numeric:
+            parts.append(f"{key} {numeric[key]:.3g}")
+        else:
+            parts.append(f"{key} {value}")
+    line = f"{what} · epoch {epoch}/{epochs}: {', '.join(parts)}"
+    if "seconds" in record:
+        seconds = float(record["seconds"])
+        line += f" · {seconds:.0f} s" if seconds >= 10 else f" · {seconds:.1f} s"
+    if len(line) > EPOCH_LINE_COLUMNS:
+        line = line[: EPOCH_LINE_COLUMNS - 1] + "…"
+    return line
 
 
 class OverallEta:
@@ -388,7 +433,8 @@ class OverallEta:
         each)``."""
         per_batch = self.elapsed / max(self.done, 1)
         return (
-            f"about {format_duration(per_batch * self.batches)} for its {self.batches:,} batches "
+            f"about {format_duration(per_batch * self.batches)} for its {self.batches:,} "
+            f"batch{'es' if self.batches != 1 else ''} "
             f"on this device (measured over the first {self.done}: {per_batch:.3g} s each)"
         )
 

@@ -229,15 +229,27 @@ def _run_page(
     return _page(title, "".join(parts), nav)
 
 
-def write_site(root: str | Path, table: pd.DataFrame) -> Path:
+def write_site(
+    root: str | Path,
+    table: pd.DataFrame,
+    *,
+    runs: Sequence[Path] | None = None,
+    site: str | Path | None = None,
+    title: str | None = None,
+    intro: str = "",
+) -> Path:
     """Write the report of the runs under ``root`` into ``root/report/``; return its
     ``index.html``. ``table`` is the summary table the index shows (one row per run, its
-    ``run`` column relative to ``root``, as :func:`reprlab.io.report.gather_runs` gives)."""
+    ``run`` column relative to ``root``, as :func:`reprlab.io.report.gather_runs` gives).
+
+    ``runs`` limits the pages to those run directories (default: every one under ``root``);
+    ``site`` writes the report elsewhere (e.g. into a run of its own); ``title`` heads the index
+    (default: ``root``'s name) and ``intro`` is a paragraph of text under it."""
     root = Path(root).resolve()
-    site = root / SITE
-    site.mkdir(exist_ok=True)
+    site = root / SITE if site is None else Path(site).resolve()
+    site.mkdir(parents=True, exist_ok=True)
     index = site / "index.html"
-    runs = _run_dirs(root)
+    runs = _run_dirs(root) if runs is None else [Path(r).resolve() for r in runs]
     records: dict[Path, dict[str, Any]] = {}
     for run in runs:
         try:
@@ -259,11 +271,18 @@ def write_site(root: str | Path, table: pd.DataFrame) -> Path:
             if run in records:
                 links[position] = f"{_slug(run, root)}.html"
     parts = [
-        f"<h1>{_e(root.name)}</h1>",
+        f"<h1>{_e(title or root.name)}</h1>",
+        f"<p>{_e(intro)}</p>" if intro else "",
         f'<p class="muted">{len(records)} runs under <code>{_e(root)}</code></p>',
-        "<h2>Runs</h2>",
+        "<h2>Runs</h2>" if "run" in table.columns else "",
         table_html(table, links),
     ]
+    if "run" not in table.columns:  # the table is not of runs: list them
+        rows = "".join(
+            f'<li><a href="{_e(_slug(r, root))}.html">{_e(r.relative_to(root).as_posix())}</a></li>'
+            for r in records
+        )
+        parts.append(f"<h2>Runs</h2><ul>{rows}</ul>")
     own = sorted(root.glob("*.png"))
     if own:
         parts += ["<h2>Across runs</h2>", _figures(own, index)]
@@ -289,5 +308,5 @@ def write_site(root: str | Path, table: pd.DataFrame) -> Path:
             "<h2>Models and artifacts</h2><table><tr><th>name</th><th>store key</th>"
             f"<th>runs</th></tr>{''.join(rows)}</table>"
         )
-    atomic.write_text(index, _page(f"reprlab report · {root.name}", "".join(parts)))
+    atomic.write_text(index, _page(f"reprlab report · {title or root.name}", "".join(parts)))
     return index

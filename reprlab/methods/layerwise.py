@@ -147,6 +147,7 @@ def joint_layer_cka(
     pool: bool = False,
     groups: Sequence[Sequence[str]] | None = None,
     progress: bool = True,
+    total: int | None = None,
 ) -> JointCKA:
     """CKA between every pair of taps within each group of ``members``, in one pass over
     ``batches``.
@@ -160,7 +161,8 @@ def joint_layer_cka(
     estimator and the same examples. ``groups`` lists member labels (default: one group of all
     members); asking only for the pairs needed (e.g. each epoch with the final one) keeps the
     cost linear in the number of members instead of quadratic. Memory is bounded by one batch's
-    Grams ([P, n, n] float64). Train/eval flags are restored.
+    Grams ([P, n, n] float64). Train/eval flags are restored. ``progress`` shows a bar over the
+    batches, with its total and time left when ``total`` (or ``len(batches)``) gives their number.
     """
     if not members:
         raise ValueError("joint_layer_cka needs at least one member")
@@ -185,7 +187,8 @@ def joint_layer_cka(
         )
         for group in groups
     ]
-    total = len(batches) if isinstance(batches, Sized) else None
+    if total is None and isinstance(batches, Sized):
+        total = len(batches)
     bar = tqdm(batches, total=total, disable=not progress, desc="layer CKA", unit="batch")
     with module_mode(*(m.model for m in members), mode="eval"):
         for batch in bar:

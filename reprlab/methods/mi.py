@@ -412,6 +412,7 @@ def fit_mi(
     resume: Mapping[str, Any] | None = None,
     on_epoch_end: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     progress: bool = True,
+    what: str = "critic",
 ) -> list[dict[str, Any]]:
     """Maximise the MI bound over the critic (and the encoder) on ``batches``.
 
@@ -467,6 +468,7 @@ def fit_mi(
         resume=resume,
         on_epoch_end=on_epoch_end,
         progress=progress,
+        what=what,
     )
 
 
@@ -556,6 +558,7 @@ def fit_head(
     resume: Mapping[str, Any] | None = None,
     on_epoch_end: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     progress: bool = True,
+    what: str = "head",
 ) -> list[dict[str, Any]]:
     """Train ``classifier.head`` by cross-entropy with the representation frozen (eval mode).
 
@@ -585,4 +588,5 @@ def fit_head(
         resume=resume,
         on_epoch_end=on_epoch_end,
         progress=progress,
+        what=what,
     )

@@ -469,6 +469,7 @@ def train_stitches(
     resume: Mapping[str, Any] | None = None,
     on_epoch_end: Any = None,
     progress: bool = True,
+    what: str = "stitches",
 ) -> TrainedStitches:
     """Train the stitch of every point in ``points`` (in place) with ONE pass of the front model
     per batch, by :func:`reprlab.core.fit.fit`; the donors stay frozen.
@@ -491,8 +492,8 @@ def train_stitches(
     ``frozen_bn="train"`` the front then runs per point on its own mixed batch (batch statistics
     depend on it), with that point's own front statistics.
 
-    ``resume``/``on_epoch_end``: as :func:`reprlab.core.fit.fit` (the state's modules are named by
-    point).
+    ``resume``/``on_epoch_end``/``what``: as :func:`reprlab.core.fit.fit` (the state's modules are
+    named by point).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ReprlabError(f"alpha={alpha} is invalid: the adversarial fraction must be in [0, 1]")
@@ -586,6 +587,7 @@ def train_stitches(
         resume=resume,
         on_epoch_end=on_epoch_end,
         progress=progress,
+        what=what,
     )
     front_bn, end_bn = {}, {}
     for p in points:

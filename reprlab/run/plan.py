@@ -175,7 +175,8 @@ class TrainingCost:
         own = self.passes - self.adversary_steps
         passes = f"{own} + {self.adversary_steps} adversary" if self.adversary_steps else "1"
         return (
-            f"{self.name} ({self.threat}) on {self.dataset}: {images} x {self.epochs} epochs, "
+            f"{self.name} ({self.threat}) on {self.dataset}: {images} x {self.epochs} "
+            f"epoch{'s' if self.epochs != 1 else ''}, "
             f"{passes} pass{'es' if self.passes > 1 else ''} a batch"
         )
 

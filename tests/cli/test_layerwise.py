@@ -240,3 +240,12 @@ def test_tap_features_are_the_flattened_or_pooled_activations_in_tap_order(image
     assert not any(f.requires_grad for f in flat)  # no autograd graph is kept
     (pooled,) = tap_features(model, x, ["relu1"], pool=True)
     torch.testing.assert_close(pooled, activations["relu1"].mean(dim=(2, 3)), rtol=0, atol=1e-7)
+
+
+def test_progress_bar_of_a_stream_shows_its_total(images, capsys) -> None:
+    """A generator has no length: given ``total``, the bar counts to it (and so shows an ETA)."""
+    member = Member("a", _toy_model(0), ("conv1", "pool"))
+    joint_layer_cka([member], (x for x in _batches(images, 32)), progress=True, total=3)
+    assert "3/3" in capsys.readouterr().err
+    joint_layer_cka([member], (x for x in _batches(images, 32)), progress=True)
+    assert "3/3" not in capsys.readouterr().err  # without it, tqdm counts with no total

@@ -61,7 +61,7 @@ def test_compile_requested_where_unsupported(tmp_path, monkeypatch, capsys) -> N
 
     monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
     assert "no working C++ compiler" in compile_problem(torch.device("cpu"))
-    with pytest.raises(ReprlabError, match="trainer.compile=on is unsupported here: no working C"):
+    with pytest.raises(ReprlabError, match=r"trainer\.compile=on is unsupported here"):
         resolve_speed("auto", "auto", "on", torch.device("cpu"))
     # The CLI refuses compile=on on the CPU first, whether or not a compiler is present.
     line = refused(tmp_path, monkeypatch, capsys, *BASE, "trainer.compile=on")

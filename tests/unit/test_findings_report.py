@@ -164,3 +164,19 @@ def test_missing_and_unfinished_runs_are_not_measured(tmp_path: Path) -> None:
     assert latest_jobs(tmp_path, "vulnerability") == []
     g = gather(tmp_path)
     assert {v.verdict for v in g.verdicts.values()} == {f.NOT_MEASURED}
+
+
+def test_the_html_site_links_exactly_the_runs_the_verdicts_came_from(tmp_path: Path) -> None:
+    from reprlab.io.html import write_site
+
+    write_runs(tmp_path)
+    older = job(tmp_path, "stir", "2025-01-01_00-00-00_old", [], {})  # superseded: not shown
+    g = gather(tmp_path)
+    table = pd.DataFrame([{"claim": c, "verdict": v.verdict} for c, v in g.verdicts.items()])
+    index = write_site(tmp_path, table, runs=g.jobs, site=tmp_path / "out" / "site", title="t")
+    pages = sorted(p.name for p in index.parent.glob("*.html") if p.name != "index.html")
+    assert len(pages) == len(g.jobs) == len(set(g.jobs))
+    text = index.read_text()
+    assert "<h1>t</h1>" in text and text.count("<li><a href=") == len(g.jobs)
+    assert older.relative_to(tmp_path).as_posix() not in text
+    assert not (tmp_path / "report").exists()  # nothing written beside the runs

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reprlab.core.fit import FitSettings, fit
+from reprlab.core.fit import EPOCH_LINE_COLUMNS, FitSettings, epoch_line, fit
 from reprlab.errors import ReprlabError
 
 CPU = torch.device("cpu")
@@ -233,3 +233,24 @@ def test_misuse_is_refused():
             resume={"modules": {}, "epoch": 1},
             progress=False,
         )
+
+
+def test_epoch_line_names_what_trains_and_fits_120_columns() -> None:
+    """Eleven stitches' accuracies collapse to their range; the line leads with what trains."""
+    taps = ["stem", *(f"layer{i}.{j}" for i in (1, 2, 3) for j in range(3)), "pool"]
+    record = {"epoch": 1, "lr": 1e-3, "train_loss": 7.4231}
+    record |= {f"train_acc_{tap}": 0.5 + 0.04 * k for k, tap in enumerate(taps)}
+    record |= {"seconds": 344.2, "images_per_second": 14.5}
+    line = epoch_line("11 stitches findings_std → findings_at", 1, 1, record)
+    assert line == (
+        "11 stitches findings_std → findings_at · epoch 1/1: loss 7.42, acc_* (11) 0.5-0.9 · 344 s"
+    )
+    model = {"epoch": 2, "lr": 0.1, "train_loss": 1.408, "train_acc": 0.5266,
+             "train_robust_acc": 0.4474, "seconds": 9.32, "images_per_second": 1e3,
+             "eval_clean_acc": 0.7, "eval_pgd5_acc": 0.466}  # fmt: skip
+    assert epoch_line("model findings_at", 2, 10, model) == (
+        "model findings_at · epoch 2/10: loss 1.41, acc 0.527, robust_acc 0.447, clean_acc 0.7, "
+        "pgd5_acc 0.466 · 9.3 s"
+    )
+    long = epoch_line("x" * 200, 1, 1, {"epoch": 1, "train_loss": 1.0})
+    assert len(long) == EPOCH_LINE_COLUMNS and long.endswith("…")
