@@ -39,7 +39,7 @@ from reprlab.run.config import attack_spec, dataset_spec, recipe, run_settings
 from reprlab.run.recipes import build_for, make_attack, train_settings
 from reprlab.runtime import resolve_device, seed_everything
 
-IN_PROCESS_CASES = int(os.environ.get("REPRLAB_FUZZ_CASES", "100"))
+IN_PROCESS_CASES = int(os.environ.get("REPRLAB_FUZZ_CASES", "40"))
 PROCESS_CASES = int(os.environ.get("REPRLAB_FUZZ_PROCESSES", "3"))
 
 BASE = ["dataset=synthetic", "progress=false", "monitor.examples=50", "monitor.batch_size=50"]
