@@ -429,13 +429,12 @@ class OverallEta:
         return format_duration(self.seconds_left())
 
     def describe(self) -> str:
-        """E.g. ``about 3 h 20 min for the whole training (the first 3 of 7,800 batches: 1.54 s
-        each)``."""
+        """E.g. ``about 3 h 20 min for its 7,800 batches here (the first 3: 1.54 s each)``."""
         per_batch = self.elapsed / max(self.done, 1)
         return (
             f"about {format_duration(per_batch * self.batches)} for its {self.batches:,} "
-            f"batch{'es' if self.batches != 1 else ''} "
-            f"on this device (measured over the first {self.done}: {per_batch:.3g} s each)"
+            f"batch{'es' if self.batches != 1 else ''} here "
+            f"(the first {self.done}: {per_batch:.3g} s each)"
         )
 
 

@@ -238,6 +238,7 @@ def _robust_fit(rank: int, world: int, init: str, out: str, method: str) -> None
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # tens of seconds on the 2-core CPU; `make test-all` runs it
 @pytest.mark.parametrize("method", ["trades", "mart"])
 def test_robust_methods_in_two_gloo_ranks_equal_one_process(tmp_path: Path, method: str) -> None:
     """TRADES and MART under DDP (attack on the unwrapped replica, training forward through the

@@ -92,6 +92,7 @@ def test_checkpoint_of_another_architecture_is_refused() -> None:
         classifier_state({}, trained_like().state_dict(), "onnx")
 
 
+@pytest.mark.slow  # tens of seconds on the 2-core CPU; `make test-all` runs it
 def test_cache_import_end_to_end(workdir: Path) -> None:
     torch.manual_seed(0)
     source = build_model(

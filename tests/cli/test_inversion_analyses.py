@@ -59,6 +59,7 @@ def run_dir(outputs: Path, analysis: str) -> Path:
     return found
 
 
+@pytest.mark.slow  # tens of seconds on the 2-core CPU; `make test-all` runs it
 def test_study_writes_every_part_and_a_rerun_reuses_the_stored_inputs(tmp_path: Path) -> None:
     outputs = tmp_path / "out"
     done = run_reprlab(

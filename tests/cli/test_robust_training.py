@@ -212,6 +212,7 @@ VALIDATED = [
 ]
 
 
+@pytest.mark.slow  # tens of seconds on the 2-core CPU; `make test-all` runs it
 def test_checkpoint_best_picks_the_best_robust_validation_epoch(workdir: Path) -> None:
     result = run_reprlab("run", "analysis=train", *VALIDATED, cwd=workdir)
     assert result.returncode == 0, result.stderr

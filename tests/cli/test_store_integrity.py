@@ -304,6 +304,7 @@ def unprivileged() -> tuple[str, ...]:
     return ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner")
 
 
+@pytest.mark.slow  # tens of seconds on the 2-core CPU; `make test-all` runs it
 def test_read_only_outputs_or_store_is_one_line(tmp_path: Path) -> None:
     prefix = unprivileged()
     locked, shared = tmp_path / "locked", tmp_path / "shared"

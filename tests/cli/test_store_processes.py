@@ -46,6 +46,7 @@ def test_two_concurrent_runs_train_the_model_once(workdir: Path) -> None:
     assert len({r["models"]["model"]["key"] for r in records}) == 1
 
 
+@pytest.mark.slow  # tens of seconds on the 2-core CPU; `make test-all` runs it
 def test_killed_training_resumes_to_the_same_weights(workdir: Path) -> None:
     args = [*TRAIN, "model.train.epochs=4", "model.snapshot_epochs=[2,4]"]
     reference_dir, killed_dir = workdir / "reference", workdir / "killed"

@@ -71,6 +71,7 @@ def test_mlflow_local_store_holds_params_curves_and_figures(run_dir: Path, tmp_p
     assert "curves.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.slow  # tens of seconds on the 2-core CPU; `make test-all` runs it
 def test_wandb_offline_run_directory_holds_history_and_summary(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
