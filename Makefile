@@ -46,8 +46,8 @@ DEMO_START := $(shell date +%s)
 demo: setup data
 	$(BIN)/reprlab run -m experiment=demo model=cnn_small,cnn_small_at
 	$(BIN)/reprlab run experiment=demo_cka
-# PGD-20 and AutoAttack (authors' code) side by side on the robust CNN, 50 images (~1 min idle)
-	$(BIN)/reprlab run experiment=demo model=cnn_small_at attack=autoattack analysis.examples=50 analysis.eps=[0.2]
+# PGD-20 and AutoAttack (authors' code) side by side on the robust CNN, 30 images (~50 s idle)
+	$(BIN)/reprlab run experiment=demo model=cnn_small_at attack=autoattack analysis.examples=30 analysis.eps=[0.2]
 	$(BIN)/reprlab run experiment=vulnerability_demo analysis.train_examples=1000 analysis.critic_epochs=2 analysis.search_steps=3
 # STIR in Table 1's form: two seeds of the standard and of the robust CNN (the seed-1 twins train here)
 	$(BIN)/reprlab run experiment=stir_demo analysis.examples=100 analysis.steps=200 analysis.repeats=2
