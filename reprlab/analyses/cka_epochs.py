@@ -43,6 +43,11 @@ def settings(cfg: DictConfig) -> Settings:
     spec = recipe(cfg.model)
     final = spec.train.epochs
     wants_best = s.epochs is not None and BEST in s.epochs
+    if not wants_best and final == 1:
+        raise ReprlabError(
+            "cka_epochs compares earlier epochs' snapshots with the final one, but the model "
+            "trains for model.train.epochs=1; train for more, e.g. model.train.epochs=2"
+        )
     if not wants_best and not any(e != final for e in spec.snapshot_epochs):
         raise ReprlabError(
             f"cka_epochs compares kept snapshots with the final epoch, but model.snapshot_epochs="

@@ -91,8 +91,15 @@ BAD_INPUTS = [
     ),
     (["model.train.batch_size=1"], ["model.train.batch_size=1 is invalid", "BatchNorm"]),
     (["device=meta"], ["unknown device 'meta'"]),
-    (["analysis=cka_epochs", "model.train.epochs=1"], ["keeps none before epoch 1"]),
-    (["analysis=cka_epochs", "analysis.epochs=[2]"], ["names only the final epoch"]),
+    (["analysis=cka_epochs", "model.train.epochs=1"], ["train for more, e.g. model.train.ep"]),
+    (
+        ["analysis=cka_epochs", "model.train.epochs=2", "model.snapshot_epochs=[2]"],
+        ["keeps none before epoch 2"],
+    ),
+    (
+        ["analysis=cka_epochs", "model.train.epochs=2", "analysis.epochs=[2]"],
+        ["names only the final epoch"],
+    ),
     (["device=cpu:3"], ["unknown device 'cpu:3'"]),
     # Cluster and store faults: run directories, the store's path, searches of 0 steps.
     (["hydra.run.dir=/"], ["hydra.run.dir=/ is refused", "system directory"]),
@@ -185,16 +192,16 @@ def test_snapshot_epochs_follow_train_epochs_by_default() -> None:
         cfg = compose_config(list(overrides))
         return recipe(cfg[where], where).snapshot_epochs
 
-    assert kept("model=cnn_small") == [1, 2]
-    assert kept("model=cnn_small", "model.train.epochs=1") == [1]
+    assert kept("model=cnn_small") == [1]  # the demo's CNN trains one epoch
+    assert kept("model=cnn_small", "model.train.epochs=2") == [1, 2]
     assert kept("model=cnn_small", "model.train.epochs=4") == [1, 2, 4]
     assert kept("model=resnet18") == [1, 5, 10, 25, 50, 100, 150, 200]
     assert kept("model=resnet18_at", "model.train.epochs=30") == [1, 5, 10, 25, 30]
     assert kept("ref=cnn", "ref.train.epochs=7", where="ref") == [1, 5, 7]
     # A list given on the command line is taken as given, and checked.
-    assert kept("model=cnn_small", "model.snapshot_epochs=[2]") == [2]
+    assert kept("model=cnn_small", "model.train.epochs=2", "model.snapshot_epochs=[2]") == [2]
     with pytest.raises(ReprlabError, match=r"snapshot_epochs has \[3\] outside 1..2"):
-        kept("model=cnn_small", "model.snapshot_epochs=[3]")
+        kept("model=cnn_small", "model.train.epochs=2", "model.snapshot_epochs=[3]")
 
 
 def test_hydra_errors_are_whole_lines() -> None:
