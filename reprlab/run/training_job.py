@@ -308,7 +308,7 @@ def announce(
         images=images,
         measure=False,
     )
-    log.info("model %s: training %s", spec.name, cost.what())
+    log.info("training %s", cost.what())
     info = dataset_info(dataset.name)
     measured = measure_pass(spec, info, device, spec.train.batch_size)
     log.info("model %s: %s", spec.name, replace(cost, pass_cost=measured).cost())

@@ -63,7 +63,7 @@ def test_parallel_launchers_train_once_and_match_the_sequential_summary(workdir:
         assert sorted(r["models"]["model"]["trained_now"] for r in runs) == [0, 0, 0, 1]
         trainer = next(r for r in runs if r["models"]["model"]["trained_now"])
         log = (Path(sweep_dir(root)) / trainer["id"] / "reprlab.log").read_text()
-        assert "cnn_small: training (standard" in log
+        assert "training cnn_small (standard" in log
         pids = {r["pid"] for r in runs}
         if name == "basic":
             assert len(pids) == 1  # one process, one job after another

@@ -168,7 +168,7 @@ def test_headline_command_on_synthetic_cifar_names_the_dataset_and_its_cost(
     text = "\n".join(f"{t:6.1f}s {line}" for t, line in lines)
     print(f"\n{text}")
     assert lines[0][1].startswith("dataset: cifar10 (the dataset of model=resnet18_at"), text
-    training = next(t for t, line in lines if "resnet18_at: training resnet18_at" in line)
+    training = next(t for t, line in lines if "training resnet18_at (" in line)
     estimate = next(t for t, line in lines if "resnet18_at: about" in line)
     # 1,280 images less the 1,000 of the validation split, in whole batches of 128
     assert "on cifar10: 256 images x 200 epochs, 1 + 10 adversary passes a batch" in text
