@@ -34,10 +34,24 @@ def _cpu_to(self, *args, **kwargs):
 
 torch.Tensor.to = _cpu_to  # the package moves tensors to f"cuda:{devices[0]}"
 
-import stir.helper as hp  # noqa: E402
-from stir.attack.attacker import AttackerModel  # noqa: E402
-from stir.attack.losses import LPNormLossSingleModel  # noqa: E402
-from stir.stir import _stir  # noqa: E402
+
+def refuse(message: str) -> None:
+    print(f"stir_vs_package: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if len(sys.argv) != 2:
+    refuse("usage: python scripts/stir_vs_package.py STORE (the store holding the demo CNNs)")
+try:
+    import stir.helper as hp
+    from stir.attack.attacker import AttackerModel
+    from stir.attack.losses import LPNormLossSingleModel
+    from stir.stir import _stir
+except ImportError as err:
+    refuse(
+        f"the authors' package does not import ({err}); install it as this file's docstring "
+        "says and put it on PYTHONPATH"
+    )
 
 import reprlab  # noqa: E402
 from reprlab.core.representation import Representation  # noqa: E402
@@ -68,9 +82,12 @@ class Adapter(torch.nn.Module):
 
 
 store = sys.argv[1]
-a = reprlab.load_model("cnn_small", store=store, device="cpu")
-b = reprlab.load_model("cnn_small_at", store=store, device="cpu")
-x, y = reprlab.images("mnist", split="train", examples=100, seed=0)
+try:
+    a = reprlab.load_model("cnn_small", store=store, device="cpu")
+    b = reprlab.load_model("cnn_small_at", store=store, device="cpu")
+    x, y = reprlab.images("mnist", split="train", examples=100, seed=0)
+except reprlab.ReprlabError as err:
+    refuse(str(err))
 ident = torch.nn.Identity()
 # "m2|m1": IRIs of m1 (cnn_small), CKA on m2 (cnn_small_at): STIR(cnn_small_at | cnn_small).
 results = {"m2|m1": [], "m1|m2": []}
